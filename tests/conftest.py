@@ -1,0 +1,99 @@
+"""Session-wide servers on 127.0.0.1 for the integration tests.
+
+These are plain sync fixtures (pytest-trio's trio_mode only affects async ones): each
+server is started once per session, seeded, and stopped at the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.fixtures.cdn import CDNServer
+from tests.fixtures.images import PushedImage
+from tests.fixtures.registry import RegistryServer, start_registry
+from tests.fixtures.seed import ALICE, SEEDER, Seeded, seed_hello, seed_registry
+from tests.fixtures.token_issuer import TokenIssuer
+
+
+@pytest.fixture(scope="session")
+def cdn() -> Iterator[CDNServer]:
+    with CDNServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def _seeded_registry(
+    tmp_path_factory: pytest.TempPathFactory, cdn: CDNServer
+) -> Iterator[tuple[RegistryServer, Seeded]]:
+    with start_registry(tmp_path_factory.mktemp("registry")) as server:
+        yield server, seed_registry(server.url, cdn)
+
+
+@pytest.fixture(scope="session")
+def registry(_seeded_registry: tuple[RegistryServer, Seeded]) -> RegistryServer:
+    """Anonymous registry (pull and push without credentials) holding every seeded image."""
+    return _seeded_registry[0]
+
+
+@pytest.fixture(scope="session")
+def seeded(_seeded_registry: tuple[RegistryServer, Seeded]) -> Seeded:
+    """What `registry` holds, with the exact bytes it must serve."""
+    return _seeded_registry[1]
+
+
+@pytest.fixture(scope="session")
+def _htpasswd_registry(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[RegistryServer, PushedImage]]:
+    users = dict([ALICE])
+    with start_registry(
+        tmp_path_factory.mktemp("htpasswd-registry"), auth="htpasswd", htpasswd_users=users
+    ) as server:
+        yield server, seed_hello(server.url, auth=ALICE)
+
+
+@pytest.fixture(scope="session")
+def htpasswd_registry(_htpasswd_registry: tuple[RegistryServer, PushedImage]) -> RegistryServer:
+    """Basic auth (alice/wonderland) registry holding library/hello:latest and :v1."""
+    return _htpasswd_registry[0]
+
+
+@pytest.fixture(scope="session")
+def htpasswd_hello(_htpasswd_registry: tuple[RegistryServer, PushedImage]) -> PushedImage:
+    return _htpasswd_registry[1]
+
+
+@pytest.fixture(scope="session")
+def token_issuer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TokenIssuer]:
+    """Token server for `token_registry`: alice may pull, the seeder may push, anonymous nothing."""
+    with TokenIssuer(
+        tmp_path_factory.mktemp("token-issuer"),
+        users=dict([ALICE, SEEDER]),
+        push_users=[SEEDER[0]],
+        anonymous_pull=False,
+    ) as issuer:
+        yield issuer
+
+
+@pytest.fixture(scope="session")
+def _token_registry(
+    tmp_path_factory: pytest.TempPathFactory, token_issuer: TokenIssuer
+) -> Iterator[tuple[RegistryServer, PushedImage]]:
+    with start_registry(
+        tmp_path_factory.mktemp("token-registry"), auth="token", token_issuer=token_issuer
+    ) as server:
+        hello = seed_hello(server.url, auth=SEEDER)
+        yield server, hello
+
+
+@pytest.fixture(scope="session")
+def token_registry(_token_registry: tuple[RegistryServer, PushedImage]) -> RegistryServer:
+    """Token-auth registry holding library/hello:latest and :v1; anonymous pull refused."""
+    return _token_registry[0]
+
+
+@pytest.fixture(scope="session")
+def token_hello(_token_registry: tuple[RegistryServer, PushedImage]) -> PushedImage:
+    return _token_registry[1]
