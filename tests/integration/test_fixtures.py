@@ -18,12 +18,14 @@ from tests.fixtures.cdn import CDNServer
 from tests.fixtures.images import (
     ACCEPT_ALL,
     DOCKER_FOREIGN_LAYER,
+    SCHEMA1_SIGNED,
     PushedImage,
     PushedIndex,
     registry_client,
     sha256_digest,
 )
 from tests.fixtures.registry import RegistryServer, start_registry
+from tests.fixtures.schema1 import schema1_payload
 from tests.fixtures.seed import ALICE, SEEDED_REFERENCES, Seeded, hello_layers
 from tests.fixtures.token_issuer import TokenIssuer
 
@@ -151,6 +153,36 @@ def test_hello_layers_hold_every_kind_of_entry(seeded: Seeded) -> None:
     assert "etc/.wh.motd" in top
     assert "var/cache/.wh..wh..opq" in top
     assert "etc/motd" in base
+
+
+def test_schema1_manifest_is_served_signed(registry: RegistryServer, seeded: Seeded) -> None:
+    pushed = seeded.schema1
+    assert pushed.manifest_digest == sha256_digest(pushed.payload)
+    with _client(registry.url) as client:
+        for reference in (pushed.tag, pushed.manifest_digest):
+            response = client.get(
+                f"/v2/{pushed.repo}/manifests/{reference}", headers={"Accept": SCHEMA1_SIGNED}
+            )
+            assert response.status_code == 200
+            assert response.headers["Content-Type"] == SCHEMA1_SIGNED
+            assert response.headers["Docker-Content-Digest"] == pushed.manifest_digest
+            assert schema1_payload(response.content) == pushed.payload
+            assert "signatures" in response.json()
+        digest, data = pushed.layers[0]
+        assert client.get(f"/v2/{pushed.repo}/blobs/{digest}").content == data
+
+
+def test_tag_get_without_accept_gets_a_schema1_conversion(
+    registry: RegistryServer, seeded: Seeded
+) -> None:
+    # distribution 2.8 rewrites a docker schema 2 manifest for clients that do not accept it.
+    with _client(registry.url) as client:
+        response = client.get("/v2/library/hello/manifests/latest")
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == SCHEMA1_SIGNED
+    assert response.headers["Docker-Content-Digest"] != seeded.hello.manifest_digest
+    blob_sums = [layer["blobSum"] for layer in response.json()["fsLayers"]]
+    assert blob_sums == [layer.digest for layer in reversed(seeded.hello.layers)]
 
 
 # -- foreign layers and the CDN ---------------------------------------------------------
