@@ -1,0 +1,1 @@
+"""regfs: a container registry as a read-only filesystem."""

@@ -1,0 +1,268 @@
+"""Ranged reads of one blob from wherever it lives.
+
+Order of places: pull-through mirrors (a mirror that fails or answers 404/429 falls through),
+the registry (following its redirects to a CDN, whose final URL is remembered and re-resolved
+when it answers 401/403/404 — signed URLs expire), then the descriptor's foreign `urls`,
+each vetted by the ForeignURLPolicy on every hop and never sent credentials.
+
+`BlobSource.fetch(start, end, sink)` delivers exactly bytes [start, end) in order. A cut
+connection resumes at the exact next offset; a server that ignores Range is read past the
+bytes before `start`, so a wrong byte is never delivered.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import httpx
+import trio
+
+from .errors import (
+    AuthError,
+    ForbiddenURLError,
+    NotFoundError,
+    ProtocolError,
+    RegistryError,
+    TransientError,
+)
+from .manifest import Descriptor
+from .registry import RegistryClient, pull_scope, status_error, transport_error
+
+log = logging.getLogger(__name__)
+
+Sink = Callable[[bytes], Awaitable[None]]
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+
+
+class ForeignURLPolicy:
+    """Which foreign URLs (and redirect targets from them) may be fetched.
+
+    A URL admitted by an --foreign-url-allow pattern (matched from its start) passes.
+    Otherwise only https to hosts whose every address is public: loopback, private,
+    link-local (169.254.169.254), unspecified (0.0.0.0) and the like are refused before
+    connecting, also when a DNS name resolves to one.
+    """
+
+    def __init__(self, allow: Sequence[str] = ()) -> None:
+        self.allow = [re.compile(p) for p in allow]
+
+    async def check(self, url: httpx.URL) -> None:
+        text = str(url)
+        if any(p.match(text) for p in self.allow):
+            return
+        if url.scheme != "https":
+            raise ForbiddenURLError(f"foreign URL refused (not https): {url.host}")
+        for address in await _resolve(url.host, url.port or 443):
+            if not address.is_global:
+                raise ForbiddenURLError(
+                    f"foreign URL refused: {url.host} resolves to non-public {address}"
+                )
+
+
+async def _resolve(host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    try:
+        return [ipaddress.ip_address(host)]
+    except ValueError:
+        pass
+    try:
+        infos = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_STREAM)
+    except OSError as exc:
+        raise TransientError(f"cannot resolve {host}: {exc}") from exc
+    return [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+
+
+@dataclass
+class _Place:
+    """One place a blob may be read from."""
+
+    client: RegistryClient
+    url: httpx.URL
+    foreign: bool  # foreign URL: vetted by policy, no credentials
+    fall_through: bool  # a mirror: on failure try the next place
+
+
+class BlobSource:
+    """Where the bytes of one blob come from, and how to read a range of them."""
+
+    def __init__(
+        self,
+        client: RegistryClient,
+        repo: str,
+        descriptor: Descriptor,
+        *,
+        policy: ForeignURLPolicy,
+        mirrors: Sequence[RegistryClient] = (),
+        bytes_per_second_floor: int = 64 * 1024,
+    ) -> None:
+        self.client = client
+        self.repo = repo
+        self.descriptor = descriptor
+        self.policy = policy
+        self.mirrors = list(mirrors)
+        self.digest = descriptor.digest
+        self.size = descriptor.size
+        self.redirect_cache: httpx.URL | None = (
+            None  # remembered CDN URL, re-resolved on 401/403/404
+        )
+        self.floor = bytes_per_second_floor
+
+    def places(self) -> list[_Place]:
+        path = f"/v2/{self.repo}/blobs/{self.digest}"
+        found = [_Place(m, m.url(path), False, True) for m in self.mirrors]
+        found.append(_Place(self.client, self.client.url(path), False, False))
+        found.extend(_Place(self.client, httpx.URL(u), True, False) for u in self.descriptor.urls)
+        return found
+
+    async def fetch(self, start: int, end: int, sink: Sink) -> None:
+        """Deliver bytes [start, end) to `sink`, in order, exactly once each."""
+        if not 0 <= start < end or (self.size >= 0 and end > self.size):
+            raise ProtocolError(
+                f"range {start}-{end} outside blob {self.digest} of {self.size} bytes"
+            )
+        position = start
+        attempts_without_progress = 0
+        policy = self.client.retry
+        while position < end:
+            before = position
+
+            async def counted(data: bytes) -> None:
+                nonlocal position
+                position += len(data)
+                await sink(data)
+
+            try:
+                # A drip-feed must end: allow a floor rate on top of a fixed allowance.
+                with trio.fail_after(60 + (end - position) / self.floor):
+                    await self._fetch_from_places(position, end, counted)
+            except trio.TooSlowError as exc:
+                if position == before:
+                    raise TransientError(f"blob {self.digest}: no progress") from exc
+            except TransientError as exc:
+                self.client.stats.error(exc)
+                if position > before:
+                    attempts_without_progress = 0
+                attempts_without_progress += 1
+                if attempts_without_progress >= policy.attempts:
+                    raise
+                self.client.stats.retries += 1
+                delay = policy.delay(attempts_without_progress - 1, exc.retry_after)
+                log.info(
+                    "blob %s: %s; resuming at %d in %.1fs", self.digest[:19], exc, position, delay
+                )
+                await trio.sleep(delay)
+
+    async def _fetch_from_places(self, start: int, end: int, sink: Sink) -> None:
+        delivered = 0
+
+        async def counting(data: bytes) -> None:
+            nonlocal delivered
+            delivered += len(data)
+            await sink(data)
+
+        last_error: RegistryError | None = None
+        for place in self.places():
+            if place.foreign and not isinstance(last_error, NotFoundError):
+                break  # foreign URLs stand in only for a blob the registry does not hold
+            try:
+                await self._fetch_place(place, start, end, counting)
+                return
+            except RegistryError as exc:
+                if delivered:
+                    raise TransientError(f"blob {self.digest[:19]}: {exc}") from exc  # resume
+                if place.fall_through and not isinstance(exc, ForbiddenURLError):
+                    log.info("mirror %s: %s; falling through", place.client.address.host, exc)
+                elif not isinstance(exc, NotFoundError):
+                    raise
+                last_error = exc
+        assert last_error is not None
+        raise last_error
+
+    async def _fetch_place(self, place: _Place, start: int, end: int, sink: Sink) -> None:
+        is_registry = not place.foreign and not place.fall_through
+        if is_registry and self.redirect_cache is not None:
+            try:
+                await self._fetch_url(place, self.redirect_cache, start, end, sink, direct=True)
+                return
+            except (AuthError, NotFoundError) as exc:
+                log.info(
+                    "blob %s: remembered URL answered %s; asking the registry again",
+                    self.digest[:19],
+                    exc,
+                )
+                self.redirect_cache = None
+        await self._fetch_url(place, place.url, start, end, sink, direct=False)
+
+    async def _fetch_url(
+        self, place: _Place, url: httpx.URL, start: int, end: int, sink: Sink, *, direct: bool
+    ) -> None:
+        headers = {"Range": f"bytes={start}-{end - 1}", "Accept-Encoding": "identity"}
+        foreign = place.foreign or direct
+        check = self.policy.check if place.foreign else None
+        client = place.client
+        async with client.open_url(
+            url,
+            scope=None if foreign else pull_scope(self.repo),
+            headers=headers,
+            check=check,
+            foreign=foreign,
+        ) as response:
+            what = f"blob {self.digest[:19]} at {response.url.host}"
+            if response.status_code >= 400:
+                raise status_error(response, what)
+            if not place.foreign and not direct and not same_url(response.url, url):
+                self.redirect_cache = response.url
+            skip = self._check_range(response, start, end, what)
+            host = response.url.netloc.decode()
+            position = start
+            try:
+                async for chunk in response.aiter_raw():
+                    client.stats.bytes_by_host[host] += len(chunk)
+                    if skip:
+                        drop = min(skip, len(chunk))
+                        skip -= drop
+                        chunk = chunk[drop:]
+                    if not chunk:
+                        continue
+                    chunk = chunk[: end - position]
+                    await sink(chunk)
+                    position += len(chunk)
+                    if position >= end:
+                        return
+            except httpx.HTTPError as exc:
+                raise transport_error(exc, what) from exc
+            raise TransientError(f"{what}: connection closed at {position} of range {start}-{end}")
+
+    def _check_range(self, response: httpx.Response, start: int, end: int, what: str) -> int:
+        """How many leading bytes to skip; raise if the response cannot hold our range."""
+        if response.status_code == 206:
+            match = _CONTENT_RANGE.fullmatch(response.headers.get("content-range", "").strip())
+            if not match:
+                raise ProtocolError(f"{what}: 206 without a valid Content-Range")
+            first, last, total = int(match.group(1)), int(match.group(2)), match.group(3)
+            if first != start or last < first or last > end - 1:
+                raise ProtocolError(f"{what}: asked for {start}-{end - 1}, got {first}-{last}")
+            if total != "*" and self.size >= 0 and int(total) != self.size:
+                raise ProtocolError(f"{what}: size {total} is not the descriptor's {self.size}")
+            return 0
+        if response.status_code == 200:
+            length = response.headers.get("content-length")
+            if (
+                length is not None
+                and self.size >= 0
+                and length.isdigit()
+                and int(length) != self.size
+            ):
+                raise ProtocolError(
+                    f"{what}: ignored Range and sent {length} bytes, not {self.size}"
+                )
+            # Range ignored: the whole blob follows; read past what precedes our range.
+            return start
+        raise ProtocolError(f"{what}: unexpected status {response.status_code}")
+
+
+def same_url(a: httpx.URL, b: httpx.URL) -> bool:
+    return str(a) == str(b)

@@ -1,0 +1,224 @@
+"""pyfuse3 Operations over the Tree: a thin adapter, and the one place errors become errno.
+
+Only FUSEError may leave a handler (anything else stops pyfuse3's loop), and every handler
+returns within the operation bound rather than hanging its caller.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import pyfuse3
+import trio
+
+from .errors import (
+    AuthError,
+    ForbiddenURLError,
+    IntegrityError,
+    InvalidReferenceError,
+    ManifestError,
+    NotFoundError,
+    OfflineError,
+    ProtocolError,
+    RegfsError,
+    TransientError,
+)
+from .tree import Dir, File, Node, Tree
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+IMMUTABLE_TIMEOUT = 86400.0
+
+
+def errno_for(exc: BaseException) -> int:
+    """The errno a caller sees for an error: the single mapping in regfs."""
+    if isinstance(exc, NotFoundError | InvalidReferenceError):
+        return errno.ENOENT
+    if isinstance(exc, OfflineError):
+        return errno.ENOENT
+    if isinstance(exc, AuthError | ForbiddenURLError):
+        return errno.EACCES
+    if isinstance(
+        exc, IntegrityError | ManifestError | ProtocolError | TransientError | RegfsError
+    ):
+        return errno.EIO
+    return errno.EIO
+
+
+class Operations(pyfuse3.Operations):
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, tree: Tree, *, op_timeout: float = 60.0, tag_ttl: float = 60.0) -> None:
+        super().__init__()
+        self.tree = tree
+        self.op_timeout = op_timeout
+        self.tag_ttl = tag_ttl
+        self.uid = os.getuid()
+        self.gid = os.getgid()
+
+    async def _guard(
+        self, what: str, call: Callable[[], Awaitable[T]], *, timeout_errno: int = errno.ETIMEDOUT
+    ) -> T:
+        try:
+            with trio.fail_after(self.op_timeout):
+                return await call()
+        except pyfuse3.FUSEError:
+            raise
+        except trio.TooSlowError:
+            log.warning("%s: no answer within %.0fs", what, self.op_timeout)
+            raise pyfuse3.FUSEError(timeout_errno) from None
+        except RegfsError as exc:
+            code = errno_for(exc)
+            level = logging.DEBUG if code == errno.ENOENT else logging.WARNING
+            log.log(level, "%s: %s", what, exc)
+            raise pyfuse3.FUSEError(code) from None
+        except Exception:
+            log.exception("%s: unexpected error", what)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    def attrs(self, node: Node) -> pyfuse3.EntryAttributes:
+        entry = pyfuse3.EntryAttributes()
+        entry.st_ino = node.inode
+        entry.generation = 0
+        timeout = IMMUTABLE_TIMEOUT if node.immutable else self.tag_ttl
+        entry.entry_timeout = timeout
+        entry.attr_timeout = timeout
+        if node.is_dir:
+            entry.st_mode = stat.S_IFDIR | 0o555
+            entry.st_nlink = 2
+            entry.st_size = 0
+        else:
+            entry.st_mode = stat.S_IFREG | 0o444
+            entry.st_nlink = 1
+            entry.st_size = node.size
+        entry.st_uid = self.uid
+        entry.st_gid = self.gid
+        entry.st_blksize = 1 << 20
+        entry.st_blocks = (entry.st_size + 511) // 512
+        ns = int(node.mtime * 1e9)
+        entry.st_atime_ns = entry.st_mtime_ns = entry.st_ctime_ns = ns
+        return entry
+
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: Any = None
+    ) -> pyfuse3.EntryAttributes:
+        text = _name(name)
+        node = await self._guard(f"lookup {text!r}", lambda: self.tree.lookup(parent_inode, text))
+        return self.attrs(node)
+
+    async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        try:
+            return self.attrs(self.tree.node(inode))
+        except NotFoundError:
+            raise pyfuse3.FUSEError(errno.ENOENT) from None
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        for inode, count in inode_list:
+            try:
+                self.tree.forget(inode, count)
+            except Exception:  # forget must never raise
+                log.exception("forget %d", inode)
+
+    async def opendir(self, inode: int, ctx: Any) -> int:
+        node = await self._guard("opendir", lambda: _as(self.tree.node, inode))
+        if not isinstance(node, Dir):
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return inode
+
+    async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+        children = await self._guard(f"readdir {fh}", lambda: self.tree.listdir(fh))
+        # Offsets are positions in a list sorted by name, stable across calls.
+        ordered = sorted(children, key=lambda n: n.name)
+        for position, child in enumerate(ordered[start_id:], start=start_id + 1):
+            if not pyfuse3.readdir_reply(token, child.name.encode(), self.attrs(child), position):
+                return
+            self.tree.remember(child)
+
+    async def releasedir(self, fh: int) -> None:
+        return None
+
+    async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC):
+            raise pyfuse3.FUSEError(errno.EROFS)
+        fh, node = await self._guard("open", lambda: self.tree.open(inode))
+        info = pyfuse3.FileInfo(fh=fh)
+        assert isinstance(node, File)
+        info.direct_io = node.direct_io
+        info.keep_cache = node.keep_cache()
+        return info
+
+    async def read(self, fh: int, offset: int, size: int) -> bytes:
+        # A read that runs out of time is EIO: a short read would look like end of file.
+        return await self._guard(
+            f"read fh={fh} at {offset}",
+            lambda: self.tree.read(fh, offset, size),
+            timeout_errno=errno.EIO,
+        )
+
+    async def release(self, fh: int) -> None:
+        self.tree.release(fh)
+
+    async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
+        data = pyfuse3.StatvfsData()
+        data.f_bsize = data.f_frsize = 4096
+        data.f_namemax = 255
+        return data
+
+    async def access(self, inode: int, mode: int, ctx: Any) -> bool:
+        return not mode & os.W_OK
+
+    # Everything that writes: read-only filesystem.
+    async def setattr(self, *args: Any) -> pyfuse3.EntryAttributes:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def create(self, *args: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def mkdir(self, *args: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def mknod(self, *args: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def unlink(self, *args: Any) -> None:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def rmdir(self, *args: Any) -> None:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def rename(self, *args: Any) -> None:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def symlink(self, *args: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def link(self, *args: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def write(self, *args: Any) -> int:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def setxattr(self, *args: Any) -> None:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    async def removexattr(self, *args: Any) -> None:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+
+def _name(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "\x00"  # never a valid name: ENOENT
+
+
+async def _as(get: Callable[[int], Node], inode: int) -> Node:
+    return get(inode)

@@ -1,0 +1,296 @@
+"""Mount lifecycle: checks, detaching, the trio loop, signals, unmount."""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from . import auth
+from .blobs import ForeignURLPolicy
+from .cache import BlockCache, DiskCache
+from .errors import RegfsError
+from .fs import Operations
+from .reference import parse_registry
+from .registry import RegistryClient, RetryPolicy, Stats
+from .tree import Context, GeneratedFile, Options, RootDir, StaticDir, Tree
+
+log = logging.getLogger(__name__)
+
+READ_AHEAD_KB = 16384  # lets the kernel send large, parallel reads for sequential readers
+
+
+class MountError(RegfsError):
+    """A mount could not start (bad mountpoint, no /dev/fuse, registry unreachable)."""
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "regfs"
+
+
+def state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
+    return Path(base) / "regfs"
+
+
+@dataclass
+class MountConfig:
+    mountpoint: Path
+    registry: str = "mcr.microsoft.com"
+    options: Options = field(default_factory=Options)
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    cache_size: int = 10 << 30
+    memory_cache: int = 256 << 20
+    block_size: int = 4 << 20
+    foreign_url_allow: list[str] = field(default_factory=list)
+    insecure: bool = False
+    ca_cert: str | None = None
+    fuse_options: list[str] = field(default_factory=list)
+    foreground: bool = False
+    debug: bool = False
+    op_timeout: float = 60.0
+    mirrors: list[str] = field(default_factory=list)
+    no_disk_cache: bool = False
+
+
+def log_path(mountpoint: Path) -> Path:
+    name = str(mountpoint.resolve()).strip("/").replace("/", "_") or "root"
+    return state_dir() / f"{name}.log"
+
+
+def check_mountpoint(path: Path) -> None:
+    """A usable mountpoint; a dead regfs mount left by a killed process is cleaned up."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:
+            log.info("cleaning up a dead mount at %s", path)
+            subprocess.run(["fusermount3", "-u", "-z", str(path)], check=False, capture_output=True)
+        elif exc.errno == errno.ENOENT:
+            raise MountError(f"mountpoint {path} does not exist") from None
+        else:
+            raise MountError(f"mountpoint {path}: {exc.strerror}") from None
+    if not path.is_dir():
+        raise MountError(f"mountpoint {path} is not a directory")
+    if os.path.ismount(path):
+        raise MountError(f"{path} is already a mountpoint")
+    if not os.path.exists("/dev/fuse"):
+        raise MountError("/dev/fuse is missing: load the fuse module or install fuse3")
+
+
+def setup_logging(config: MountConfig, *, to_file: bool) -> None:
+    level = logging.DEBUG if config.debug else logging.INFO
+    handler: logging.Handler
+    if to_file:
+        path = log_path(config.mountpoint)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # httpx logs full URLs (signed CDN URLs carry credentials in their query): keep it quiet.
+    for noisy in ("httpx", "httpcore", "hpack"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run(config: MountConfig) -> int:
+    """Mount; detached unless --foreground, returning only once the mount is live."""
+    config.mountpoint = config.mountpoint.absolute()
+    check_mountpoint(config.mountpoint)
+    if config.foreground:
+        setup_logging(config, to_file=False)
+        trio.run(serve, config, lambda: None)
+        return 0
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(write_fd)
+        with os.fdopen(read_fd, "rb") as pipe:
+            message = pipe.read().decode(errors="replace").strip()
+        if message == "ready":
+            return 0
+        os.waitpid(pid, 0)
+        raise MountError(message or "mount failed (see the log)")
+    os.close(read_fd)
+    status = 0
+    try:
+        os.setsid()
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        setup_logging(config, to_file=True)
+
+        def ready() -> None:
+            os.write(write_fd, b"ready")
+            os.close(write_fd)
+
+        trio.run(serve, config, ready)
+    except BaseException as exc:  # report to the waiting parent, whatever it was
+        status = 1
+        log.error("mount failed: %s", exc)
+        try:
+            os.write(write_fd, str(exc).encode() or type(exc).__name__.encode())
+            os.close(write_fd)
+        except OSError:
+            pass
+    finally:
+        os._exit(status)
+
+
+def build_context(config: MountConfig, stats: Stats) -> tuple[Context, list[RegistryClient]]:
+    address = parse_registry(config.registry)
+    retry = RetryPolicy()
+    client = RegistryClient(
+        address,
+        credentials=auth.load_credentials(address.host),
+        ca_cert=config.ca_cert,
+        insecure=config.insecure,
+        retry=retry,
+        stats=stats,
+    )
+    mirrors = [
+        RegistryClient(
+            parse_registry(m),
+            credentials=auth.load_credentials(parse_registry(m).host),
+            ca_cert=config.ca_cert,
+            retry=RetryPolicy(attempts=1),
+            stats=stats,
+        )
+        for m in config.mirrors
+    ]
+    disk = None if config.no_disk_cache else DiskCache(config.cache_dir, config.cache_size)
+    cache = BlockCache(
+        disk=disk,
+        memory_bytes=config.memory_cache,
+        block_size=config.block_size,
+        offline=config.options.offline,
+    )
+    ctx = Context(
+        client, cache, disk, ForeignURLPolicy(config.foreign_url_allow), config.options, mirrors
+    )
+    return ctx, [client, *mirrors]
+
+
+def stats_document(ctx: Context, stats: Stats) -> dict[str, object]:
+    c = ctx.cache.stats
+    return {
+        "registry": str(ctx.client.address),
+        "uptime_seconds": round(time.time() - ctx.started, 1),
+        "bytes_fetched_by_host": dict(stats.bytes_by_host),
+        "requests": stats.requests,
+        "retries": stats.retries,
+        "cache": {
+            "memory_hits": c.memory_hits,
+            "disk_hits": c.disk_hits,
+            "misses": c.misses,
+            "memory_bytes": int(ctx.cache.memory.currsize),
+        },
+        "blobs": {"verified": c.verified, "failed": c.failed, "purged": c.purges},
+        "in_flight_blocks": ctx.cache.in_flight(),
+        "errors": dict(stats.errors),
+    }
+
+
+def make_tree(ctx: Context, stats: Stats) -> Tree:
+    stats_file = GeneratedFile(
+        "stats.json", lambda: (json.dumps(stats_document(ctx, stats), indent=2) + "\n").encode()
+    )
+    control = StaticDir(".regfs", [stats_file], ctx.started)
+    return Tree(RootDir(ctx, control))
+
+
+def mount_device(mountpoint: Path) -> str | None:
+    """major:minor of the filesystem mounted at `mountpoint`, from /proc/self/mountinfo.
+
+    Not os.stat: a stat of our own mountpoint from the thread that serves it deadlocks.
+    """
+    target = str(mountpoint.absolute())
+    found = None
+    with suppress(OSError), open("/proc/self/mountinfo") as mountinfo:
+        for line in mountinfo:
+            fields = line.split()
+            if len(fields) > 4 and fields[4].encode().decode("unicode_escape") == target:
+                found = fields[2]  # the last (topmost) mount wins
+    return found
+
+
+def _raise_read_ahead(mountpoint: Path) -> None:
+    device = mount_device(mountpoint)
+    try:
+        if device is None:
+            raise OSError("mount not found in /proc/self/mountinfo")
+        Path(f"/sys/class/bdi/{device}/read_ahead_kb").write_text(str(READ_AHEAD_KB))
+    except OSError as exc:  # not root, or no such knob: the kernel default stays
+        log.debug("read_ahead_kb not raised: %s", exc)
+
+
+async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
+    stats = Stats()
+    ctx, clients = build_context(config, stats)
+    try:
+        if not config.options.offline:
+            try:
+                await ctx.client.ping()
+            except RegfsError as exc:
+                raise MountError(f"registry {config.registry} unreachable: {exc}") from exc
+        tree = make_tree(ctx, stats)
+        ops = Operations(tree, op_timeout=config.op_timeout, tag_ttl=config.options.tag_ttl)
+        options = set(pyfuse3.default_options)
+        options.discard("default_permissions")
+        options |= {"fsname=regfs", "subtype=regfs", "ro", "default_permissions"}
+        if os.getuid() == 0:
+            options.add("allow_other")
+        for extra in config.fuse_options:
+            options.update(o for o in extra.split(",") if o)
+        pyfuse3.init(ops, str(config.mountpoint), options)
+        try:
+            _raise_read_ahead(config.mountpoint)
+            log.info("mounted %s at %s", config.registry, config.mountpoint)
+            async with ctx.cache.running(), trio.open_nursery() as nursery:
+                nursery.start_soon(_stop_on_signals, nursery.cancel_scope)
+                ready()
+                await pyfuse3.main()
+                nursery.cancel_scope.cancel()
+        finally:
+            pyfuse3.close(unmount=True)
+            log.info("unmounted %s", config.mountpoint)
+    finally:
+        for client in clients:
+            await client.aclose()
+
+
+async def _stop_on_signals(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("signal %d: unmounting", signum)
+            pyfuse3.terminate()
+            # pyfuse3.main may be waiting on a slow operation: give it a moment, then cancel.
+            await trio.sleep(1)
+            scope.cancel()
+            return
+
+
+def unmount(mountpoint: Path) -> None:
+    result = subprocess.run(
+        ["fusermount3", "-u", str(mountpoint)], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise MountError(result.stderr.strip() or f"could not unmount {mountpoint}")
