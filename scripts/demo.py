@@ -1,0 +1,75 @@
+"""The demo: a docker-registry on 127.0.0.1 seeded with sample images (a multi-arch index,
+an image whose foreign base layer lives on a CDN-like server behind a redirect, as MCR served
+Windows base layers), mounted with regfs, browsed with plain tools, then unmounted."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.fixtures.cdn import CDNServer
+from tests.fixtures.mounting import force_unmount
+from tests.fixtures.registry import start_registry
+from tests.fixtures.seed import seed_registry
+
+REGFS = [sys.executable, "-m", "regfs.cli"]
+
+
+def show(command: str, cwd: Path) -> None:
+    print(f"\n$ {command}", flush=True)
+    subprocess.run(command, shell=True, cwd=cwd, check=False, timeout=120)
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory(prefix="regfs-demo-") as tmp:
+        work = Path(tmp)
+        with CDNServer() as cdn, start_registry(work / "registry") as registry:
+            seeded = seed_registry(registry.url, cdn)
+            print(f"registry {registry.url} holds: {', '.join(seeded.repos)}")
+            print(f"foreign layers are served by {cdn.url} behind /fwlink/ redirects")
+            mnt = work / "mnt"
+            mnt.mkdir()
+            mount = [
+                *REGFS, "mount", "--registry", registry.url, "--cache-dir", str(work / "cache"),
+                "--foreign-url-allow", r"^http://127\.0\.0\.1[:/]", str(mnt),
+            ]  # fmt: skip
+            print("\n$ " + shlex.join(["regfs", *mount[3:]]))
+            subprocess.run(
+                mount,
+                check=True,
+                env={"XDG_STATE_HOME": str(work / "state"), "PATH": "/usr/bin:/bin"},
+            )
+            try:
+                hello = "library/hello/latest"
+                servercore = "windows/servercore/ltsc2019-amd64"
+                first_layer = f"{hello}/layers/{seeded.hello.layers[0].digest}.tar.gz"
+                foreign = next(layer for layer in seeded.windows.layers if layer.urls)
+                for command in [
+                    "ls",
+                    "ls library/hello",
+                    f"ls -l {hello} {hello}/layers",
+                    f"head -c 300 {hello}/manifest.json; echo",
+                    f"tar tzvf {first_layer}",
+                    "ls multi/arch/1.0 multi/arch/1.0/platforms",
+                    "cat multi/arch/1.0/platforms/linux-arm64-v8/manifest.json | head -c 400; echo",
+                    f"ls -l {servercore}/layers",
+                    f"sha256sum {servercore}/layers/{foreign.digest}.tar.gz   # fetched via its urls",
+                    f"ls {hello}/",
+                    "cat .regfs/stats.json",
+                ]:
+                    show(command, mnt)
+            finally:
+                print(f"\n$ regfs umount {mnt}")
+                subprocess.run([*REGFS, "umount", str(mnt)], check=False)
+                force_unmount(mnt)
+    print("\ndemo done: registry stopped, mount removed.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
