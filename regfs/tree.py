@@ -255,7 +255,8 @@ class ImageDir(Dir):
     def __init__(
         self, name: str, ctx: Context, repo: str, doc: mf.Document, *, mutable: bool = False
     ) -> None:
-        super().__init__(name)
+        # The mount's start time until the config's `created` is known (on first listing).
+        super().__init__(name, ctx.started)
         self.ctx = ctx
         self.repo = repo
         self.doc = doc
@@ -286,7 +287,7 @@ class ImageDir(Dir):
                 entry.mtime = entry.mtime or self.mtime
             return entries
         entries = await image_entries(self.ctx, self.repo, doc)
-        self.mtime = max((e.mtime for e in entries), default=0.0)
+        self.mtime = max((e.mtime for e in entries), default=0.0) or self.mtime
         return entries
 
 
