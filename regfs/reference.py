@@ -19,7 +19,7 @@ _DIGEST_HEX = {"sha256": 64, "sha512": 128}
 _DIGEST_RE = re.compile(r"(sha256|sha512):([a-f0-9]+)")
 _HOST_RE = re.compile(
     r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
-    r"|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?"
+    r"|\[[0-9A-Fa-f:.]+\])(?::(?P<port>[0-9]{1,5}))?"
 )
 MAX_REPOSITORY_LENGTH = 255
 
@@ -106,7 +106,9 @@ def parse_registry(value: str) -> RegistryAddress:
             raise InvalidReferenceError(f"invalid registry: {value!r}")
         scheme, text = parts.scheme, parts.netloc
     text = text.rstrip("/")
-    if not _HOST_RE.fullmatch(text):
+    match = _HOST_RE.fullmatch(text)
+    # The grammar admits 5 digits; a port past 65535 would fail later, inside httpx.
+    if not match or not 0 < int(match.group("port") or 443) <= 65535:
         raise InvalidReferenceError(f"invalid registry: {value!r}")
     if text.lower() in DOCKER_HUB_ALIASES:
         text = DOCKER_HUB_HOST
