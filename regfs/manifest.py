@@ -79,7 +79,14 @@ class Platform:
     def matches(self, want: Platform) -> bool:
         if (self.os, self.architecture) != (want.os, want.architecture):
             return False
-        return not want.variant or self.variant == want.variant
+        return not want.variant or _variant(self) == _variant(want)
+
+
+def _variant(platform: Platform) -> str:
+    # arm64 means arm64/v8: indexes often omit the variant an arm64 host asks for.
+    if platform.architecture == "arm64" and not platform.variant:
+        return "v8"
+    return platform.variant
 
 
 @dataclass(frozen=True)
@@ -132,7 +139,9 @@ def _descriptor(value: Any, what: str) -> Descriptor:
         raise ManifestError(f"{what}: missing or invalid mediaType/digest")
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise ManifestError(f"{what}: invalid size")
-    urls = obj.get("urls") or []
+    # `null` means absent; any other non-list (a falsy "" or {} included) is an error.
+    urls = obj.get("urls")
+    urls = [] if urls is None else urls
     if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
         raise ManifestError(f"{what}: invalid urls")
     platform = None
@@ -142,7 +151,8 @@ def _descriptor(value: Any, what: str) -> Descriptor:
         if not isinstance(os_name, str) or not isinstance(arch, str):
             raise ManifestError(f"{what}: invalid platform")
         platform = Platform(os_name, arch, str(p.get("variant", "")), str(p.get("os.version", "")))
-    annotations = obj.get("annotations") or {}
+    annotations = obj.get("annotations")
+    annotations = {} if annotations is None else annotations
     if not isinstance(annotations, dict):
         raise ManifestError(f"{what}: invalid annotations")
     return Descriptor(media_type, digest, size, tuple(urls), platform, annotations)
@@ -202,6 +212,8 @@ def parse_document(raw: bytes, content_type: str = "", digest: str | None = None
     if not isinstance(declared, str):
         raise ManifestError("mediaType is not a string")
     schema = doc.get("schemaVersion")
+    if isinstance(schema, bool):  # True == 1 in Python, not in JSON
+        schema = None
     if "manifests" in doc and ("layers" in doc or "fsLayers" in doc):
         raise ManifestError("document has both manifests and layers")
     if schema == 1:
