@@ -18,7 +18,10 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from . import auth
+from . import (
+    archive,  # noqa: F401  (registers image.tar and oci/)
+    auth,
+)
 from .blobs import ForeignURLPolicy
 from .cache import BlockCache, DiskCache
 from .errors import RegfsError

@@ -282,21 +282,37 @@ class ImageDir(Dir):
             if chosen is not None:
                 image = await self.ctx.document(self.repo, chosen.digest)
                 if isinstance(image, mf.Manifest):
-                    entries += await image_entries(self.ctx, self.repo, image)
+                    entries += await image_entries(self.ctx, self.repo, image, self.image_name)
             for entry in entries:
                 entry.mtime = entry.mtime or self.mtime
             return entries
-        entries = await image_entries(self.ctx, self.repo, doc)
+        entries = await image_entries(self.ctx, self.repo, doc, self.image_name)
         self.mtime = max((e.mtime for e in entries), default=0.0) or self.mtime
         return entries
+
+    @property
+    def image_name(self) -> ImageName:
+        # Only tag directories are mutable (RepoDir._image): digests and platforms are not.
+        return ImageName(self.name, None if self.immutable else self.name)
+
+
+@dataclass(frozen=True)
+class ImageName:
+    """How an image directory is reached: its name, and its tag when it is a tag directory."""
+
+    dirname: str
+    tag: str | None = None
 
 
 # Hook for whole-image views (image.tar, oci/): archive.py registers itself here, so the
 # tree does not import what builds on it.
-IMAGE_EXTRAS: list[Callable[[Context, str, mf.Manifest, bytes, float], list[Node]]] = []
+ImageExtra = Callable[[Context, str, mf.Manifest, bytes, float, ImageName], list[Node]]
+IMAGE_EXTRAS: list[ImageExtra] = []
 
 
-async def image_entries(ctx: Context, repo: str, image: mf.Manifest) -> list[Node]:
+async def image_entries(
+    ctx: Context, repo: str, image: mf.Manifest, image_name: ImageName | None = None
+) -> list[Node]:
     """manifest.json, config.json, layers/ (and whatever IMAGE_EXTRAS add) of one image."""
     if image.config is not None:
         config_ref = ctx.blob(repo, image.config)
@@ -330,7 +346,7 @@ async def image_entries(ctx: Context, repo: str, image: mf.Manifest) -> list[Nod
         StaticDir("layers", layer_nodes, created),
     ]
     for extra in IMAGE_EXTRAS:
-        entries += extra(ctx, repo, image, config, created)
+        entries += extra(ctx, repo, image, config, created, image_name or ImageName(""))
     return entries
 
 
