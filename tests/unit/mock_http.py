@@ -1,0 +1,68 @@
+"""httpx.MockTransport plumbing shared by the unit tests of registry.py and blobs.py."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+
+from regfs import registry
+from regfs.reference import parse_registry
+from regfs.registry import RegistryClient, RetryPolicy
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+REGISTRY = "https://registry.example"
+NO_WAIT = RetryPolicy(attempts=5, base_delay=0.0, max_delay=0.01)
+
+
+@dataclass
+class Recorder:
+    """A MockTransport handler that records every request it answers."""
+
+    handler: Handler
+    requests: list[httpx.Request] = field(default_factory=list)
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        return self.handler(request)
+
+    def to(self, host: str) -> list[httpx.Request]:
+        return [r for r in self.requests if r.url.host == host]
+
+
+def mock_client(
+    monkeypatch: pytest.MonkeyPatch,
+    handler: Handler,
+    *,
+    address: str = REGISTRY,
+    retry: RetryPolicy = NO_WAIT,
+    **kwargs: object,
+) -> tuple[RegistryClient, Recorder]:
+    """A RegistryClient whose real httpx clients (headers, cookie policy) talk to `handler`."""
+    recorder = Recorder(handler)
+    real = registry.make_http_client
+
+    def patched(**options: object) -> httpx.AsyncClient:
+        client = real(**options)  # type: ignore[arg-type]
+        client._transport = httpx.MockTransport(recorder)
+        return client
+
+    monkeypatch.setattr(registry, "make_http_client", patched)
+    client = RegistryClient(parse_registry(address), retry=retry, **kwargs)  # type: ignore[arg-type]
+    return client, recorder
+
+
+async def chunks(data: bytes, size: int) -> AsyncIterator[bytes]:
+    """A streamed body (MockTransport reads a bytes body eagerly; an iterator it does not)."""
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+async def cut_after(data: bytes, size: int, exc: Exception | None = None) -> AsyncIterator[bytes]:
+    """A body that stops (or fails with `exc`) after `size` bytes, like a dropped connection."""
+    yield data[:size]
+    if exc is not None:
+        raise exc

@@ -1,0 +1,529 @@
+"""regfs.registry over httpx.MockTransport: the protocol corners a real registry won't produce."""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import json
+import sys
+import time
+from urllib.parse import parse_qs
+
+import httpx
+import pytest
+import trio
+
+from regfs import manifest as mf
+from regfs.errors import (
+    AuthError,
+    ForbiddenURLError,
+    InvalidReferenceError,
+    ManifestError,
+    NotFoundError,
+    ProtocolError,
+    RateLimitedError,
+    TransientError,
+)
+from regfs.registry import MAX_REDIRECTS, RetryPolicy, parse_retry_after
+from tests.unit.mock_http import NO_WAIT, mock_client
+
+MANIFEST = json.dumps(
+    {
+        "schemaVersion": 2,
+        "mediaType": mf.OCI_MANIFEST,
+        "config": {
+            "mediaType": mf.OCI_CONFIG,
+            "digest": "sha256:" + "c" * 64,
+            "size": 2,
+        },
+        "layers": [],
+    }
+).encode()
+MANIFEST_DIGEST = "sha256:" + hashlib.sha256(MANIFEST).hexdigest()
+TOKEN_REALM = "https://auth.example/token"
+CHALLENGE = f'Bearer realm="{TOKEN_REALM}",service="registry.example"'
+
+
+def manifest_response(
+    body: bytes = MANIFEST, digest: str | None = MANIFEST_DIGEST, **headers: str
+) -> httpx.Response:
+    all_headers = {"Content-Type": mf.OCI_MANIFEST, **headers}
+    if digest is not None:
+        all_headers["Docker-Content-Digest"] = digest
+    return httpx.Response(200, headers=all_headers, content=body)
+
+
+@pytest.fixture
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Every trio.sleep the code under test asks for, without waiting."""
+    asked: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        # Only regfs's waits: pytest-trio sleeps too.
+        if sys._getframe(1).f_globals.get("__name__", "").startswith("regfs."):
+            asked.append(seconds)
+        await trio.lowlevel.checkpoint()
+
+    monkeypatch.setattr(trio, "sleep", fake_sleep)
+    return asked
+
+
+# --------------------------------------------------------------------------------------------
+# manifests
+
+
+async def test_manifest_accept_header_names_every_type(monkeypatch: pytest.MonkeyPatch) -> None:
+    client, server = mock_client(monkeypatch, lambda r: manifest_response())
+    doc = await client.get_manifest("library/hello", "latest")
+    assert isinstance(doc, mf.Manifest)
+    assert doc.digest == MANIFEST_DIGEST
+    (request,) = server.requests
+    assert request.url.path == "/v2/library/hello/manifests/latest"
+    accepted = {t.strip() for t in request.headers["accept"].split(",")}
+    assert accepted >= {
+        mf.OCI_INDEX,
+        mf.DOCKER_MANIFEST_LIST,
+        mf.OCI_MANIFEST,
+        mf.DOCKER_MANIFEST,
+        mf.DOCKER_SCHEMA1_SIGNED,
+        mf.DOCKER_SCHEMA1,
+    }
+    assert request.headers["accept-encoding"] == "identity"
+    assert "authorization" not in request.headers
+    await client.aclose()
+
+
+async def test_manifest_by_digest_verified(monkeypatch: pytest.MonkeyPatch) -> None:
+    client, _ = mock_client(monkeypatch, lambda r: manifest_response(digest=None))
+    doc = await client.get_manifest("library/hello", MANIFEST_DIGEST)
+    assert doc.digest == MANIFEST_DIGEST
+    with pytest.raises(ManifestError):
+        await client.get_manifest("library/hello", "sha256:" + "0" * 64)
+
+
+async def test_manifest_by_sha512_digest(monkeypatch: pytest.MonkeyPatch) -> None:
+    client, _ = mock_client(monkeypatch, lambda r: manifest_response(digest=None))
+    sha512 = "sha512:" + hashlib.sha512(MANIFEST).hexdigest()
+    doc = await client.get_manifest("library/hello", sha512)
+    assert doc.digest == sha512
+    with pytest.raises(ManifestError):
+        await client.get_manifest("library/hello", "sha512:" + "0" * 128)
+
+
+async def test_manifest_docker_content_digest_mismatch(monkeypatch: pytest.MonkeyPatch) -> None:
+    client, _ = mock_client(monkeypatch, lambda r: manifest_response(digest="sha256:" + "1" * 64))
+    with pytest.raises(ManifestError):
+        await client.get_manifest("library/hello", "latest")
+
+
+async def test_manifest_odd_docker_content_digest_is_a_regfs_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A header naming an algorithm hashlib lacks must not escape as a bare ValueError.
+    client, _ = mock_client(monkeypatch, lambda r: manifest_response(digest="blake9:" + "1" * 64))
+    with pytest.raises(ManifestError):
+        await client.get_manifest("library/hello", "latest")
+
+
+async def test_manifest_too_large(monkeypatch: pytest.MonkeyPatch) -> None:
+    big = b" " * (mf.MAX_MANIFEST_BYTES + 1)
+    client, _ = mock_client(monkeypatch, lambda r: manifest_response(body=big, digest=None))
+    with pytest.raises(ProtocolError):
+        await client.get_manifest("library/hello", "latest")
+
+
+async def test_invalid_names_make_no_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    client, server = mock_client(monkeypatch, lambda r: manifest_response())
+    for repo, ref in [("Library/x", "latest"), ("a/../b", "latest"), ("x", "../../etc")]:
+        with pytest.raises(InvalidReferenceError):
+            await client.get_manifest(repo, ref)
+    with pytest.raises(InvalidReferenceError):
+        await client.list_tags("a//b")
+    with pytest.raises(InvalidReferenceError):
+        await client.blob_size("x", "sha256:nothex")
+    assert server.requests == []
+
+
+# --------------------------------------------------------------------------------------------
+# pagination
+
+
+async def test_tags_follow_link_pages(monkeypatch: pytest.MonkeyPatch) -> None:
+    pages = {
+        "": (["a", "b"], '</v2/repo/tags/list?last=b&n=2>; rel="next"'),
+        "b": (["c", "d"], '</v2/repo/tags/list?last=d&n=2>; rel="next"'),
+        "d": (["e"], None),
+    }
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        last = request.url.params.get("last", "")
+        tags, link = pages[last]
+        headers = {"Link": link} if link else {}
+        return httpx.Response(200, headers=headers, json={"name": "repo", "tags": tags})
+
+    client, server = mock_client(monkeypatch, handler)
+    assert await client.list_tags("repo") == ["a", "b", "c", "d", "e"]
+    assert [r.url.params.get("last") for r in server.requests] == [None, "b", "d"]
+
+
+async def test_catalog_pages_and_null_tags(monkeypatch: pytest.MonkeyPatch) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.params.get("last") == "x":
+            return httpx.Response(200, json={"repositories": None})
+        return httpx.Response(
+            200,
+            headers={"Link": '<https://registry.example/v2/_catalog?last=x>; rel="next"'},
+            json={"repositories": ["x", 5]},
+        )
+
+    client, server = mock_client(monkeypatch, handler)
+    assert await client.catalog() == ["x"]
+    assert len(server.requests) == 2
+
+
+async def test_link_to_another_origin_is_not_followed(monkeypatch: pytest.MonkeyPatch) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200,
+            headers={"Link": '<https://evil.example/v2/repo/tags/list?last=a>; rel="next"'},
+            json={"tags": ["a"]},
+        )
+
+    client, server = mock_client(monkeypatch, handler)
+    assert await client.list_tags("repo") == ["a"]
+    assert [r.url.host for r in server.requests] == ["registry.example"]
+
+
+async def test_tags_not_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    client, _ = mock_client(monkeypatch, lambda r: httpx.Response(200, content=b"<html>"))
+    with pytest.raises(ProtocolError):
+        await client.list_tags("repo")
+
+
+# --------------------------------------------------------------------------------------------
+# auth
+
+
+def token_registry(token: str = "T0K3N") -> object:
+    """A registry that wants `Bearer <token>` and a token server that hands it out."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "auth.example":
+            return httpx.Response(200, json={"token": token, "expires_in": 300})
+        if request.headers.get("authorization") != f"Bearer {token}":
+            return httpx.Response(401, headers={"WWW-Authenticate": CHALLENGE})
+        return manifest_response()
+
+    return handler
+
+
+async def test_401_token_flow_then_retry(monkeypatch: pytest.MonkeyPatch) -> None:
+    client, server = mock_client(monkeypatch, token_registry())  # type: ignore[arg-type]
+    doc = await client.get_manifest("library/hello", "latest")
+    assert doc.digest == MANIFEST_DIGEST
+    first, token_request, retry = server.requests
+    assert "authorization" not in first.headers
+    assert str(token_request.url).startswith(TOKEN_REALM)
+    query = parse_qs(token_request.url.query.decode())
+    assert query == {"service": ["registry.example"], "scope": ["repository:library/hello:pull"]}
+    assert retry.headers["authorization"] == "Bearer T0K3N"
+    # The token is cached for the scope: the next request carries it straight away.
+    await client.get_manifest("library/hello", "latest")
+    assert len(server.requests) == 4
+    assert server.requests[3].headers["authorization"] == "Bearer T0K3N"
+
+
+async def test_repeated_401_is_auth_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "auth.example":
+            return httpx.Response(200, json={"token": "useless"})
+        return httpx.Response(401, headers={"WWW-Authenticate": CHALLENGE})
+
+    client, server = mock_client(monkeypatch, handler)
+    with pytest.raises(AuthError):
+        await client.get_manifest("library/hello", "latest")
+    to_registry = server.to("registry.example")
+    assert len(to_registry) == 2  # the first try and one retry with a token, not a loop
+    assert to_registry[1].headers["authorization"] == "Bearer useless"
+
+
+async def test_401_without_challenge_and_403_are_auth_errors(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for status in (401, 403):
+        client, server = mock_client(monkeypatch, lambda r, s=status: httpx.Response(s))
+        with pytest.raises(AuthError):
+            await client.get_manifest("library/hello", "latest")
+        assert len(server.requests) == 1
+
+
+# --------------------------------------------------------------------------------------------
+# redirects
+
+
+async def test_authorization_not_sent_across_origins(monkeypatch: pytest.MonkeyPatch) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "auth.example":
+            return httpx.Response(200, json={"token": "T0K3N"})
+        if request.url.host == "cdn.example":
+            return manifest_response()
+        if request.headers.get("authorization") != "Bearer T0K3N":
+            return httpx.Response(401, headers={"WWW-Authenticate": CHALLENGE})
+        if request.url.path.startswith("/v2/library/hello/manifests/"):
+            # Same origin first (auth stays), then off to a CDN (auth must go).
+            return httpx.Response(307, headers={"Location": "/hop"})
+        return httpx.Response(307, headers={"Location": "https://cdn.example/m?sig=1"})
+
+    client, server = mock_client(monkeypatch, handler)
+    doc = await client.get_manifest("library/hello", "latest")
+    assert doc.digest == MANIFEST_DIGEST
+    hop = [r for r in server.requests if r.url.path == "/hop"]
+    assert hop and hop[0].headers["authorization"] == "Bearer T0K3N"
+    (cdn,) = server.to("cdn.example")
+    assert "authorization" not in cdn.headers
+    assert cdn.url.params["sig"] == "1"
+
+
+async def test_same_host_other_port_or_scheme_is_another_origin(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    targets = iter(["https://registry.example:8443/x", "http://registry.example/y"])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "auth.example":
+            return httpx.Response(200, json={"token": "T0K3N"})
+        if request.url.path in ("/x", "/y"):
+            return manifest_response()
+        if request.headers.get("authorization") != "Bearer T0K3N":
+            return httpx.Response(401, headers={"WWW-Authenticate": CHALLENGE})
+        return httpx.Response(302, headers={"Location": next(targets)})
+
+    client, server = mock_client(monkeypatch, handler)
+    await client.get_manifest("library/hello", "latest")
+    await client.get_manifest("library/hello", "latest")
+    elsewhere = [r for r in server.requests if r.url.path in ("/x", "/y")]
+    assert len(elsewhere) == 2
+    assert all("authorization" not in r.headers for r in elsewhere)
+
+
+@pytest.mark.parametrize("hops", [MAX_REDIRECTS, MAX_REDIRECTS + 1])
+async def test_redirect_limit(monkeypatch: pytest.MonkeyPatch, hops: int) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        n = int(request.url.params.get("n", "0"))
+        if n < hops:
+            return httpx.Response(302, headers={"Location": f"https://hop{n}.example/?n={n + 1}"})
+        return manifest_response()
+
+    client, server = mock_client(monkeypatch, handler)
+    if hops <= MAX_REDIRECTS:
+        await client.get_manifest("library/hello", "latest")
+        assert len(server.requests) == hops + 1
+    else:
+        with pytest.raises(ProtocolError, match="redirects"):
+            await client.get_manifest("library/hello", "latest")
+        assert len(server.requests) == MAX_REDIRECTS + 1  # refused, and not retried
+
+
+@pytest.mark.parametrize(
+    "location", ["file:///etc/passwd", "ftp://registry.example/x", "gopher://x/"]
+)
+async def test_redirect_to_other_schemes_refused(
+    monkeypatch: pytest.MonkeyPatch, location: str
+) -> None:
+    client, server = mock_client(
+        monkeypatch, lambda r: httpx.Response(302, headers={"Location": location})
+    )
+    with pytest.raises(ForbiddenURLError):
+        await client.get_manifest("library/hello", "latest")
+    assert len(server.requests) == 1
+
+
+async def test_redirect_without_location_is_protocol_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client, server = mock_client(monkeypatch, lambda r: httpx.Response(302, content=MANIFEST))
+    with pytest.raises(ProtocolError):
+        await client.get_manifest("library/hello", "latest")
+    assert len(server.requests) == 1
+
+
+# --------------------------------------------------------------------------------------------
+# retries
+
+
+def flaky(*failures: httpx.Response) -> object:
+    """Answer with each failure in turn, then with the manifest."""
+    queue = list(failures)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return queue.pop(0) if queue else manifest_response()
+
+    return handler
+
+
+async def test_retries_5xx_and_429(monkeypatch: pytest.MonkeyPatch, sleeps: list[float]) -> None:
+    handler = flaky(httpx.Response(500), httpx.Response(503), httpx.Response(429))
+    client, server = mock_client(monkeypatch, handler)  # type: ignore[arg-type]
+    await client.get_manifest("library/hello", "latest")
+    assert len(server.requests) == 4
+    assert client.stats.retries == 3
+    assert client.stats.errors["TransientError"] == 2
+    assert client.stats.errors["RateLimitedError"] == 1
+    assert len(sleeps) == 3
+    assert all(0 <= s <= NO_WAIT.max_delay for s in sleeps)
+
+
+async def test_retry_after_seconds_and_date_capped(
+    monkeypatch: pytest.MonkeyPatch, sleeps: list[float]
+) -> None:
+    soon = email.utils.formatdate(time.time() + 20, usegmt=True)
+    late = email.utils.formatdate(time.time() + 86400, usegmt=True)
+    handler = flaky(
+        httpx.Response(429, headers={"Retry-After": "3"}),
+        httpx.Response(503, headers={"Retry-After": "3600"}),
+        httpx.Response(429, headers={"Retry-After": soon}),
+        httpx.Response(503, headers={"Retry-After": late}),
+    )
+    policy = RetryPolicy(attempts=5, base_delay=0.0, max_delay=60.0)
+    client, _ = mock_client(monkeypatch, handler, retry=policy)  # type: ignore[arg-type]
+    await client.get_manifest("library/hello", "latest")
+    assert sleeps[0] == 3.0
+    assert sleeps[1] == 60.0  # capped
+    assert 10.0 < sleeps[2] <= 20.0  # from the date, less whatever time has passed
+    assert sleeps[3] == 60.0
+
+
+async def test_retries_give_up(monkeypatch: pytest.MonkeyPatch, sleeps: list[float]) -> None:
+    client, server = mock_client(
+        monkeypatch, lambda r: httpx.Response(429, headers={"Retry-After": "1"})
+    )
+    with pytest.raises(RateLimitedError) as info:
+        await client.get_manifest("library/hello", "latest")
+    assert info.value.retry_after == 1.0
+    assert len(server.requests) == NO_WAIT.attempts
+    assert len(sleeps) == NO_WAIT.attempts - 1
+
+
+async def test_connection_errors_are_retried(
+    monkeypatch: pytest.MonkeyPatch, sleeps: list[float]
+) -> None:
+    calls = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise httpx.ConnectError("connection refused", request=request)
+        if calls == 2:
+            raise httpx.ReadTimeout("slow", request=request)
+        return manifest_response()
+
+    client, _ = mock_client(monkeypatch, handler)
+    await client.get_manifest("library/hello", "latest")
+    assert calls == 3
+    assert len(sleeps) == 2
+
+
+@pytest.mark.parametrize("status", [404, 400, 405])
+async def test_client_errors_are_not_retried(
+    monkeypatch: pytest.MonkeyPatch, sleeps: list[float], status: int
+) -> None:
+    body = {"errors": [{"code": "MANIFEST_UNKNOWN", "message": "nope"}]}
+    client, server = mock_client(monkeypatch, lambda r: httpx.Response(status, json=body))
+    expected = NotFoundError if status == 404 else ProtocolError
+    with pytest.raises(expected):
+        await client.get_manifest("library/hello", "latest")
+    assert len(server.requests) == 1
+    assert sleeps == []
+
+
+def test_retry_policy_delay() -> None:
+    policy = RetryPolicy(attempts=5, base_delay=0.5, max_delay=4.0)
+    assert policy.delay(0, 2.0) == 2.0
+    assert policy.delay(0, 100.0) == 4.0
+    assert policy.delay(0, -5.0) == 0.0
+    for attempt in range(10):
+        assert 0.0 <= policy.delay(attempt, None) <= min(4.0, 0.5 * 2**attempt)
+
+
+def test_parse_retry_after() -> None:
+    now = 1_700_000_000.0
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("") is None
+    assert parse_retry_after("120") == 120.0
+    assert parse_retry_after(" 7 ") == 7.0
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after(email.utils.formatdate(now + 30, usegmt=True), now=now) == 30.0
+    assert parse_retry_after(email.utils.formatdate(now - 30, usegmt=True), now=now) == 0.0
+
+
+# --------------------------------------------------------------------------------------------
+# cookies, ping, HEAD
+
+
+async def test_cookies_never_stored_or_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        cookie = "session=abc; Path=/; Domain=registry.example"
+        if request.url.host == "cdn.example":
+            return manifest_response(**{"Set-Cookie": "cdn=1; Path=/"})
+        if request.url.path == "/v2/":
+            return httpx.Response(200, headers={"Set-Cookie": cookie})
+        return httpx.Response(
+            307,
+            headers={"Location": "https://cdn.example/m", "Set-Cookie": cookie},
+        )
+
+    client, server = mock_client(monkeypatch, handler)
+    await client.ping()
+    await client.get_manifest("library/hello", "latest")
+    await client.get_manifest("library/hello", "latest")
+    assert len(server.requests) == 5
+    assert all("cookie" not in r.headers for r in server.requests)
+    assert len(client.http.cookies.jar) == 0
+    assert len(client.foreign_http.cookies.jar) == 0
+
+
+@pytest.mark.parametrize("status", [200, 401])
+async def test_ping_accepts_200_and_401(monkeypatch: pytest.MonkeyPatch, status: int) -> None:
+    client, server = mock_client(monkeypatch, lambda r: httpx.Response(status))
+    await client.ping()
+    assert server.requests[0].url.path == "/v2/"
+
+
+async def test_ping_404_is_not_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    client, _ = mock_client(monkeypatch, lambda r: httpx.Response(404))
+    with pytest.raises(NotFoundError):
+        await client.ping()
+
+
+async def test_blob_size_from_head(monkeypatch: pytest.MonkeyPatch) -> None:
+    digest = "sha256:" + "a" * 64
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.method == "HEAD"
+        if request.url.path.startswith("/v2/nolength/"):
+            return httpx.Response(200)
+        return httpx.Response(200, headers={"Content-Length": "12345"})
+
+    client, _ = mock_client(monkeypatch, handler)
+    assert await client.blob_size("repo", digest) == 12345
+    with pytest.raises(ProtocolError):
+        await client.blob_size("nolength", digest)
+
+
+async def test_http_registry_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    client, server = mock_client(
+        monkeypatch, lambda r: manifest_response(), address="http://127.0.0.1:5000"
+    )
+    await client.get_manifest("library/hello", "latest")
+    assert str(server.requests[0].url) == "http://127.0.0.1:5000/v2/library/hello/manifests/latest"
+
+
+async def test_transient_error_class_for_each_status(
+    monkeypatch: pytest.MonkeyPatch, sleeps: list[float]
+) -> None:
+    for status, error in [(408, TransientError), (502, TransientError), (504, TransientError)]:
+        client, server = mock_client(monkeypatch, lambda r, s=status: httpx.Response(s))
+        with pytest.raises(error):
+            await client.get_manifest("library/hello", "latest")
+        assert len(server.requests) == NO_WAIT.attempts
