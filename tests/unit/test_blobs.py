@@ -1,0 +1,415 @@
+"""regfs.blobs over httpx.MockTransport: ranges, resumption, mirrors, CDN redirects, foreign URLs."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import httpx
+import pytest
+
+from regfs import manifest as mf
+from regfs.blobs import BlobSource, ForeignURLPolicy
+from regfs.errors import (
+    AuthError,
+    ForbiddenURLError,
+    NotFoundError,
+    ProtocolError,
+    TransientError,
+)
+from regfs.registry import RegistryClient
+from tests.fixtures.images import random_bytes
+from tests.unit.mock_http import NO_WAIT, chunks, cut_after, mock_client
+
+DATA = random_bytes(10_000, seed=7)
+DIGEST = "sha256:" + hashlib.sha256(DATA).hexdigest()
+BLOB_PATH = f"/v2/repo/blobs/{DIGEST}"
+CHALLENGE = 'Bearer realm="https://auth.example/token",service="registry.example"'
+FOREIGN = "https://foreign.example/fwlink/?id=1"
+ALLOW_FOREIGN = ForeignURLPolicy([r"https://foreign\.example/", r"https://cdn\.example/"])
+_RANGE = re.compile(r"bytes=(\d+)-(\d+)")
+
+
+def requested(request: httpx.Request) -> tuple[int, int]:
+    """[start, end) of a request's closed Range header."""
+    match = _RANGE.fullmatch(request.headers["range"])
+    assert match, request.headers.get("range")
+    return int(match[1]), int(match[2]) + 1
+
+
+def ranged(request: httpx.Request, data: bytes = DATA, chunk: int = 1000) -> httpx.Response:
+    """A correct 206 for the request's Range, streamed in chunks."""
+    start, end = requested(request)
+    return httpx.Response(
+        206,
+        headers={"Content-Range": f"bytes {start}-{end - 1}/{len(data)}"},
+        content=chunks(data[start:end], chunk),
+    )
+
+
+def source(
+    client: RegistryClient,
+    *,
+    urls: tuple[str, ...] = (),
+    mirrors: tuple[RegistryClient, ...] = (),
+    policy: ForeignURLPolicy = ALLOW_FOREIGN,
+    size: int = len(DATA),
+) -> BlobSource:
+    media_type = mf.DOCKER_FOREIGN_LAYER if urls else mf.DOCKER_LAYER
+    descriptor = mf.Descriptor(media_type, DIGEST, size, urls)
+    return BlobSource(client, "repo", descriptor, policy=policy, mirrors=list(mirrors))
+
+
+async def fetch(blob: BlobSource, start: int, end: int) -> bytes:
+    got: list[bytes] = []
+
+    async def sink(data: bytes) -> None:
+        got.append(data)
+
+    await blob.fetch(start, end, sink)
+    return b"".join(got)
+
+
+# --------------------------------------------------------------------------------------------
+# ranges
+
+
+async def test_fetch_delivers_exact_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    client, server = mock_client(monkeypatch, ranged)
+    blob = source(client)
+    assert await fetch(blob, 0, len(DATA)) == DATA
+    assert await fetch(blob, 123, 4567) == DATA[123:4567]
+    assert await fetch(blob, len(DATA) - 1, len(DATA)) == DATA[-1:]
+    assert [r.headers["range"] for r in server.requests] == [
+        "bytes=0-9999",
+        "bytes=123-4566",
+        "bytes=9999-9999",
+    ]
+    assert all(r.headers["accept-encoding"] == "identity" for r in server.requests)
+    assert all(r.url.path == BLOB_PATH for r in server.requests)
+
+
+async def test_fetch_refuses_ranges_outside_the_blob(monkeypatch: pytest.MonkeyPatch) -> None:
+    client, server = mock_client(monkeypatch, ranged)
+    blob = source(client)
+    for start, end in [(0, len(DATA) + 1), (5, 5), (6, 5), (-1, 3)]:
+        with pytest.raises(ProtocolError):
+            await fetch(blob, start, end)
+    assert server.requests == []
+
+
+@pytest.mark.parametrize(
+    "content_range",
+    [
+        None,
+        "bytes 0-99/10000",  # not where we asked
+        "bytes 100-300/10000",  # past our end
+        "bytes 100-199/9999",  # another blob's size
+        "bytes 150-120/10000",
+        "bytes */10000",
+        "garbage",
+    ],
+)
+async def test_206_with_wrong_content_range(
+    monkeypatch: pytest.MonkeyPatch, content_range: str | None
+) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        headers = {"Content-Range": content_range} if content_range else {}
+        return httpx.Response(206, headers=headers, content=DATA[100:200])
+
+    client, server = mock_client(monkeypatch, handler)
+    with pytest.raises(ProtocolError):
+        await fetch(source(client), 100, 200)
+    assert len(server.requests) == 1  # not worth retrying
+
+
+async def test_200_ignoring_range_gives_the_right_slice(monkeypatch: pytest.MonkeyPatch) -> None:
+    client, _ = mock_client(monkeypatch, lambda r: httpx.Response(200, content=chunks(DATA, 777)))
+    blob = source(client)
+    assert await fetch(blob, 0, 10) == DATA[:10]
+    assert await fetch(blob, 1500, 7001) == DATA[1500:7001]
+    assert await fetch(blob, 9990, 10000) == DATA[9990:]
+
+
+async def test_200_of_the_wrong_length_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    client, _ = mock_client(monkeypatch, lambda r: httpx.Response(200, content=DATA[:-1]))
+    with pytest.raises(ProtocolError):
+        await fetch(source(client), 0, 10)
+
+
+async def test_unexpected_success_status_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    client, _ = mock_client(monkeypatch, lambda r: httpx.Response(204))
+    with pytest.raises(ProtocolError):
+        await fetch(source(client), 0, 10)
+
+
+# --------------------------------------------------------------------------------------------
+# resumption
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [None, httpx.RemoteProtocolError("peer closed"), httpx.ReadError("reset")],
+    ids=["eof", "remote-protocol-error", "read-error"],
+)
+async def test_cut_mid_body_resumes_at_the_next_offset(
+    monkeypatch: pytest.MonkeyPatch, failure: Exception | None
+) -> None:
+    cuts = [1234, 1]  # the first response stops after 1234 bytes, the second after 1
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        start, end = requested(request)
+        if cuts:
+            body = cut_after(DATA[start:end], cuts.pop(0), failure)
+            return httpx.Response(
+                206, headers={"Content-Range": f"bytes {start}-{end - 1}/{len(DATA)}"}, content=body
+            )
+        return ranged(request)
+
+    client, server = mock_client(monkeypatch, handler)
+    assert await fetch(source(client), 500, 9000) == DATA[500:9000]
+    assert [requested(r) for r in server.requests] == [
+        (500, 9000),
+        (500 + 1234, 9000),
+        (500 + 1234 + 1, 9000),
+    ]
+
+
+async def test_resume_with_a_server_that_ignores_range(monkeypatch: pytest.MonkeyPatch) -> None:
+    cut = [True]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if cut:
+            cut.pop()
+            return httpx.Response(200, content=cut_after(DATA, 3000))
+        return httpx.Response(200, content=chunks(DATA, 999))
+
+    client, server = mock_client(monkeypatch, handler)
+    assert await fetch(source(client), 1000, 8000) == DATA[1000:8000]
+    assert [requested(r) for r in server.requests] == [(1000, 8000), (3000, 8000)]
+
+
+async def test_no_progress_gives_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        start, end = requested(request)
+        return httpx.Response(
+            206,
+            headers={"Content-Range": f"bytes {start}-{end - 1}/{len(DATA)}"},
+            content=cut_after(b"", 0),
+        )
+
+    client, server = mock_client(monkeypatch, handler)
+    with pytest.raises(TransientError):
+        await fetch(source(client), 0, 100)
+    assert len(server.requests) == NO_WAIT.attempts
+
+
+# --------------------------------------------------------------------------------------------
+# foreign URLs
+
+
+def registry_with_auth(registry_blob: object, foreign: object = None) -> object:
+    """A token-auth registry whose blob endpoint is `registry_blob`; other hosts `foreign`."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "auth.example":
+            return httpx.Response(200, json={"token": "T0K3N"})
+        if request.url.host == "registry.example":
+            if request.headers.get("authorization") != "Bearer T0K3N":
+                return httpx.Response(401, headers={"WWW-Authenticate": CHALLENGE})
+            return registry_blob(request)  # type: ignore[operator, no-any-return]
+        return foreign(request)  # type: ignore[operator, no-any-return]
+
+    return handler
+
+
+async def test_registry_404_falls_back_to_foreign_url_without_credentials(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def foreign(request: httpx.Request) -> httpx.Response:
+        if request.url.path.startswith("/fwlink/"):
+            return httpx.Response(302, headers={"Location": "https://cdn.example/layer"})
+        return ranged(request)
+
+    handler = registry_with_auth(lambda r: httpx.Response(404), foreign)
+    client, server = mock_client(monkeypatch, handler)  # type: ignore[arg-type]
+    assert await fetch(source(client, urls=(FOREIGN,)), 10, 5000) == DATA[10:5000]
+    registry = server.to("registry.example")
+    assert registry[-1].headers["authorization"] == "Bearer T0K3N"
+    elsewhere = server.to("foreign.example") + server.to("cdn.example")
+    assert len(elsewhere) == 2
+    assert all("authorization" not in r.headers for r in elsewhere)
+    assert all(r.headers["range"] == "bytes=10-4999" for r in elsewhere)
+
+
+async def test_each_foreign_url_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    def foreign(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/gone":
+            return httpx.Response(404)
+        return ranged(request)
+
+    handler = registry_with_auth(lambda r: httpx.Response(404), foreign)
+    client, server = mock_client(monkeypatch, handler)  # type: ignore[arg-type]
+    urls = ("https://foreign.example/gone", "https://cdn.example/layer")
+    assert await fetch(source(client, urls=urls), 0, 100) == DATA[:100]
+    assert [r.url.path for r in server.requests if r.url.host != "registry.example"][-2:] == [
+        "/gone",
+        "/layer",
+    ]
+
+
+async def test_registry_404_without_urls_is_not_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    client, server = mock_client(monkeypatch, lambda r: httpx.Response(404))
+    with pytest.raises(NotFoundError):
+        await fetch(source(client), 0, 10)
+    assert len(server.requests) == 1
+
+
+async def test_foreign_urls_only_stand_in_for_a_missing_blob(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client, server = mock_client(monkeypatch, lambda r: httpx.Response(403))
+    with pytest.raises(AuthError):
+        await fetch(source(client, urls=(FOREIGN,)), 0, 10)
+    assert server.to("foreign.example") == []
+
+
+async def test_foreign_401_starts_no_token_flow(monkeypatch: pytest.MonkeyPatch) -> None:
+    def foreign(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            401, headers={"WWW-Authenticate": 'Bearer realm="https://auth.example/token"'}
+        )
+
+    handler = registry_with_auth(lambda r: httpx.Response(404), foreign)
+    client, server = mock_client(monkeypatch, handler)  # type: ignore[arg-type]
+    with pytest.raises(AuthError):
+        await fetch(source(client, urls=(FOREIGN,)), 0, 10)
+    assert len(server.to("auth.example")) == 1  # the registry's own token, nothing for foreign
+    assert len(server.to("foreign.example")) == 1
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://foreign.example/x",  # not https
+        "https://127.0.0.1/x",
+        "https://10.0.0.8/x",
+        "https://169.254.169.254/latest/meta-data",
+        "https://0.0.0.0/x",
+        "https://[::1]/x",
+        "https://192.168.1.1/x",
+    ],
+)
+async def test_foreign_url_policy_refuses_before_connecting(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    handler = registry_with_auth(lambda r: httpx.Response(404), ranged)
+    client, server = mock_client(monkeypatch, handler)  # type: ignore[arg-type]
+    with pytest.raises(ForbiddenURLError):
+        await fetch(source(client, urls=(url,), policy=ForeignURLPolicy()), 0, 10)
+    assert {r.url.host for r in server.requests} <= {"registry.example", "auth.example"}
+
+
+async def test_foreign_redirect_checked_on_every_hop(monkeypatch: pytest.MonkeyPatch) -> None:
+    def foreign(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(302, headers={"Location": "https://169.254.169.254/secret"})
+
+    handler = registry_with_auth(lambda r: httpx.Response(404), foreign)
+    client, server = mock_client(monkeypatch, handler)  # type: ignore[arg-type]
+    policy = ForeignURLPolicy([r"https://foreign\.example/"])
+    with pytest.raises(ForbiddenURLError):
+        await fetch(source(client, urls=(FOREIGN,), policy=policy), 0, 10)
+    assert server.to("169.254.169.254") == []
+
+
+async def test_policy_public_address_and_allow_list() -> None:
+    await ForeignURLPolicy().check(httpx.URL("https://93.184.216.34/layer"))
+    await ForeignURLPolicy([r"http://127\.0\.0\.1:\d+/"]).check(
+        httpx.URL("http://127.0.0.1:8080/x")
+    )
+    # Patterns match from the start of the URL: a later occurrence does not admit it.
+    with pytest.raises(ForbiddenURLError):
+        await ForeignURLPolicy([r"http://127\.0\.0\.1"]).check(
+            httpx.URL("http://10.0.0.1/?http://127.0.0.1")
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# mirrors
+
+
+@pytest.mark.parametrize("status", [404, 429, 500, 401])
+async def test_mirror_failure_falls_through(monkeypatch: pytest.MonkeyPatch, status: int) -> None:
+    mirror, mirror_server = mock_client(
+        monkeypatch, lambda r: httpx.Response(status), address="https://mirror.example"
+    )
+    client, server = mock_client(monkeypatch, ranged)
+    blob = source(client, mirrors=(mirror,))
+    assert await fetch(blob, 0, 100) == DATA[:100]
+    assert len(mirror_server.requests) == 1
+    assert mirror_server.requests[0].url.path == BLOB_PATH
+    assert len(server.requests) == 1
+
+
+async def test_mirror_connection_failure_falls_through(monkeypatch: pytest.MonkeyPatch) -> None:
+    def down(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    mirror, _ = mock_client(monkeypatch, down, address="https://mirror.example")
+    client, _ = mock_client(monkeypatch, ranged)
+    assert await fetch(source(client, mirrors=(mirror,)), 5, 50) == DATA[5:50]
+
+
+async def test_mirror_that_has_it_serves(monkeypatch: pytest.MonkeyPatch) -> None:
+    mirror, mirror_server = mock_client(monkeypatch, ranged, address="https://mirror.example")
+    client, server = mock_client(monkeypatch, ranged)
+    assert await fetch(source(client, mirrors=(mirror,)), 0, 100) == DATA[:100]
+    assert len(mirror_server.requests) == 1
+    assert server.requests == []
+
+
+# --------------------------------------------------------------------------------------------
+# remembered CDN redirects
+
+
+async def test_redirect_remembered_and_re_resolved_after_403(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    signature = {"current": 1}
+
+    def registry_blob(request: httpx.Request) -> httpx.Response:
+        location = f"https://cdn.example/blob?sig={signature['current']}"
+        return httpx.Response(307, headers={"Location": location})
+
+    def cdn(request: httpx.Request) -> httpx.Response:
+        if request.url.params["sig"] != str(signature["current"]):
+            return httpx.Response(403)  # the signed URL expired
+        return ranged(request)
+
+    handler = registry_with_auth(registry_blob, cdn)
+    client, server = mock_client(monkeypatch, handler)  # type: ignore[arg-type]
+    blob = source(client)
+
+    assert await fetch(blob, 0, 1000) == DATA[:1000]
+    assert blob.redirect_cache == httpx.URL("https://cdn.example/blob?sig=1")
+    seen = len(server.requests)
+
+    # Remembered: straight to the CDN, no registry round trip.
+    assert await fetch(blob, 1000, 2000) == DATA[1000:2000]
+    assert [r.url.host for r in server.requests[seen:]] == ["cdn.example"]
+    seen = len(server.requests)
+
+    # Expired: the CDN says 403, the registry is asked again, the new URL remembered.
+    signature["current"] = 2
+    assert await fetch(blob, 2000, 3000) == DATA[2000:3000]
+    hosts = [(r.url.host, r.url.params.get("sig")) for r in server.requests[seen:]]
+    assert hosts == [("cdn.example", "1"), ("registry.example", None), ("cdn.example", "2")]
+    assert blob.redirect_cache == httpx.URL("https://cdn.example/blob?sig=2")
+    assert all("authorization" not in r.headers for r in server.to("cdn.example"))
+
+
+async def test_no_redirect_nothing_remembered(monkeypatch: pytest.MonkeyPatch) -> None:
+    client, _ = mock_client(monkeypatch, ranged)
+    blob = source(client)
+    await fetch(blob, 0, 10)
+    assert blob.redirect_cache is None
