@@ -41,6 +41,7 @@ from .reference import is_digest
 log = logging.getLogger(__name__)
 
 _TRAILER = struct.Struct("<QI")  # length, CRC-32
+SIZE_FILE = "size"  # in a blob's directory: the blob's full size, as decimal text
 DEFAULT_BLOCK_SIZE = 4 << 20
 
 
@@ -80,18 +81,29 @@ def _safe_component(name: str) -> str:
 
 
 def write_atomic(path: Path, data: bytes, *, trailer: bool) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            if trailer:
-                f.write(_TRAILER.pack(len(data), zlib.crc32(data)))
-        os.replace(tmp, path)
-    except BaseException:
-        with suppress(OSError):
-            os.unlink(tmp)
-        raise
+    # `regfs cache prune/clear` may remove the directory under us: make it again, once.
+    for attempt in (1, 2):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        except FileNotFoundError:
+            if attempt == 2:
+                raise
+            continue
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                if trailer:
+                    f.write(_TRAILER.pack(len(data), zlib.crc32(data)))
+            os.replace(tmp, path)
+            return
+        except FileNotFoundError:
+            if attempt == 2:
+                raise
+        except BaseException:
+            with suppress(OSError):
+                os.unlink(tmp)
+            raise
 
 
 def read_checked(path: Path) -> bytes | None:
@@ -144,13 +156,18 @@ class DiskCache:
             self.pending_dir(digest, registry) / str(index)
         ).exists()
 
-    def write_block(self, digest: str, index: int, registry: str, data: bytes) -> None:
+    def write_block(
+        self, digest: str, index: int, registry: str, data: bytes, blob_size: int | None = None
+    ) -> None:
         directory = (
             self.verified_dir(digest)
             if self.is_verified(digest)
             else self.pending_dir(digest, registry)
         )
         write_atomic(directory / str(index), data, trailer=True)
+        if blob_size is not None and not (directory / SIZE_FILE).exists():
+            # Lets `regfs cache info` say how much of the blob is cached.
+            write_atomic(directory / SIZE_FILE, str(blob_size).encode(), trailer=False)
         self.written_since_evict += len(data)
         if self.written_since_evict > max(self.max_bytes // 20, 64 << 20):
             self.evict()
@@ -162,7 +179,7 @@ class DiskCache:
         target.mkdir(parents=True, exist_ok=True)
         if source.is_dir():
             for entry in source.iterdir():
-                if entry.name.isdigit():
+                if entry.name.isdigit() or entry.name == SIZE_FILE:
                     with suppress(OSError):
                         os.replace(entry, target / entry.name)
             shutil.rmtree(source, ignore_errors=True)
@@ -244,9 +261,11 @@ class DiskCache:
             removed += size
         return removed
 
-    def touch(self, digest: str) -> None:
-        with suppress(OSError):
-            os.utime(self.verified_dir(digest))
+    def touch(self, digest: str, registry: str) -> None:
+        """Mark a blob as used now: eviction goes by last use (newest mtime in its directory)."""
+        for directory in (self.verified_dir(digest), self.pending_dir(digest, registry)):
+            with suppress(OSError):
+                os.utime(directory)
 
 
 # -- the cache ---------------------------------------------------------------------------
@@ -316,6 +335,7 @@ class BlockCache:
         self.states: dict[str, _BlobState] = {}
         self.stats = CacheStats()
         self._nursery: trio.Nursery | None = None
+        self._touched: set[str] = set()  # blobs whose last use was recorded on disk
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[BlockCache]:
@@ -403,6 +423,9 @@ class BlockCache:
                 if data is not None and len(data) == self._block_length(blob, index):
                     self.stats.disk_hits += 1
                     self.memory[key] = data
+                    if blob.digest not in self._touched:
+                        self._touched.add(blob.digest)
+                        await trio.to_thread.run_sync(self.disk.touch, blob.digest, blob.registry)
                     return data
                 if key in self.memory or key in self.flights:
                     continue  # someone else got there while we looked
@@ -491,9 +514,12 @@ class BlockCache:
     async def _store(self, blob: BlobRef, index: int, data: bytes) -> None:
         self.memory[(blob.digest, index)] = data
         if self.disk is not None:
-            await trio.to_thread.run_sync(
-                self.disk.write_block, blob.digest, index, blob.registry, data
-            )
+            try:
+                await trio.to_thread.run_sync(
+                    self.disk.write_block, blob.digest, index, blob.registry, data, blob.size
+                )
+            except OSError as exc:  # disk full, cache cleared under us: memory still serves
+                log.warning("block %d of %s not written to disk: %s", index, blob.digest[:19], exc)
 
     async def _hash_in_order(self, blob: BlobRef) -> None:
         state = self._state(blob)

@@ -1,17 +1,26 @@
 """The `regfs` command.
 
-Exit codes: 0 success; 1 a runtime failure (registry unreachable, unmount failed, ...);
-2 bad usage or invalid arguments; 130 interrupted.
+    regfs mount [OPTIONS] MOUNTPOINT        regfs umount MOUNTPOINT
+    regfs prefetch PATH...                  regfs status MOUNTPOINT
+    regfs cache info|prune --to SIZE|clear [--digest D]
+    regfs SOURCE MOUNTPOINT -o OPTS         as mount(8) / mount.fuse3 call a helper (fstab)
+
+Exit codes: 0 success; 1 a runtime failure (registry unreachable, unmount failed, a file
+prefetch could not read, not a regfs mount, ...); 2 bad usage or invalid arguments;
+130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import re
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from . import cachectl, prefetch
 from .errors import RegfsError
 from .mount import MountConfig, default_cache_dir, run, unmount
 from .tree import Options, host_platform_default, parse_platform
@@ -59,9 +68,26 @@ MOUNT_EXAMPLES = """examples:
   regfs mount /mnt/mcr
   regfs mount --registry docker.io --platform linux/arm64/v8 /mnt/hub
   regfs mount --registry http://127.0.0.1:5000 --cache-size 20G /mnt/local
+  regfs mount --registry docker.io --mirror http://mirror.internal:5000 /mnt/hub
+  regfs mount --offline /mnt/mcr          # only what the cache holds, no network
   ls /mnt/mcr/windows/servercore/
   regfs umount /mnt/mcr
 """
+
+MAIN_EXAMPLES = (
+    MOUNT_EXAMPLES
+    + """  regfs prefetch /mnt/mcr/dotnet/runtime/8.0     # warm the cache for a whole image
+  regfs status /mnt/mcr                            # what the mount has been doing
+  regfs cache info                                 # what the disk cache holds
+  regfs cache prune --to 5G                        # evict least recently used blobs
+  mount -t fuse.regfs mcr.microsoft.com /mnt/mcr -o cache_dir=/var/cache/regfs
+
+fstab:
+  mcr.microsoft.com  /mnt/mcr  fuse.regfs  ro,cache_dir=/var/cache/regfs,allow_other,_netdev,nofail  0 0
+
+exit codes: 0 ok, 1 failure, 2 usage error, 130 interrupted
+"""
+)
 
 
 def add_mount_options(p: argparse.ArgumentParser) -> None:
@@ -138,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="regfs",
         description="Mount a container registry as a read-only filesystem.",
-        epilog=MOUNT_EXAMPLES + "\nexit codes: 0 ok, 1 failure, 2 usage error, 130 interrupted",
+        epilog=MAIN_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"regfs {_version()}")
@@ -160,6 +186,58 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("mountpoint", type=Path)
+
+    p = sub.add_parser(
+        "prefetch",
+        help="warm the cache: read files or whole images through a mount",
+        description="Read files (or every manifest, config and layer of the images under "
+        "a directory) through a regfs mount, so later reads come from the cache. "
+        "Ctrl-C stops; what was read stays cached.",
+        epilog="examples:\n  regfs prefetch /mnt/mcr/dotnet/runtime/8.0\n"
+        "  regfs prefetch -j 8 /mnt/hub/library/alpine /mnt/hub/library/debian/12\n"
+        "\nexit codes: 0 all read, 1 some file failed (named on stderr), 130 interrupted",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("paths", type=Path, nargs="+", metavar="PATH")
+    p.add_argument(
+        "--jobs", "-j", type=int, default=4, help="files read at once (default: %(default)s)"
+    )
+
+    p = sub.add_parser(
+        "status",
+        help="show a mount's statistics",
+        epilog="examples:\n  regfs status /mnt/mcr\n  regfs status --json /mnt/mcr",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("mountpoint", type=Path)
+    p.add_argument("--json", action="store_true", help="print .regfs/stats.json as it is")
+
+    p = sub.add_parser(
+        "cache",
+        help="look at or trim the disk cache (safe while mounts run)",
+        epilog="examples:\n  regfs cache info\n  regfs cache prune --to 5G\n"
+        "  regfs cache clear --digest sha256:…\n  regfs cache clear --cache-dir /var/cache/regfs",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cache_sub = p.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
+    for name, text in (
+        ("info", "what the cache holds, per blob"),
+        ("prune", "evict least recently used blobs down to a size"),
+        ("clear", "remove everything, or one digest"),
+    ):
+        q = cache_sub.add_parser(name, help=text, description=text)
+        q.add_argument(
+            "--cache-dir",
+            type=Path,
+            default=None,
+            help=f"disk cache (default: {default_cache_dir()})",
+        )
+        if name == "info":
+            q.add_argument("--json", action="store_true", help="machine-readable output")
+        if name == "prune":
+            q.add_argument("--to", type=parse_size, required=True, metavar="SIZE")
+        if name == "clear":
+            q.add_argument("--digest", metavar="DIGEST", help="only this blob or document")
     return parser
 
 
@@ -188,11 +266,187 @@ def config_from(args: argparse.Namespace) -> MountConfig:
     )
 
 
-COMMANDS: dict[str, object] = {}
+# -- the mount helper form: `regfs SOURCE MOUNTPOINT -o opts` (mount(8), mount.fuse3, fstab) --
+
+# -o keys that are regfs options; values as on the command line. Everything else goes to FUSE.
+HELPER_VALUES = {
+    "registry": "--registry",
+    "platform": "--platform",
+    "cache_dir": "--cache-dir",
+    "cache_size": "--cache-size",
+    "memory_cache": "--memory-cache",
+    "block_size": "--block-size",
+    "tag_ttl": "--tag-ttl",
+    "foreign_url_allow": "--foreign-url-allow",
+    "mirror": "--mirror",
+    "ca_cert": "--ca-cert",
+    "timeout": "--timeout",
+}
+HELPER_FLAGS = {"offline", "insecure", "foreground", "debug"}
+# Meant for mount(8), systemd or the helper, not for FUSE (which would refuse them).
+# rw is mount(8)'s default; regfs is read-only whatever it says.
+HELPER_IGNORED = {"defaults", "auto", "noauto", "user", "users", "nouser", "owner", "nofail", "rw"}
+HELPER_IGNORED_PREFIXES = ("x-", "comment=", "_netdev", "helper=")
+
+
+def is_helper_form(argv: list[str]) -> bool:
+    """The first argument is neither a subcommand nor an option: mount(8) calling a helper."""
+    return bool(argv) and not argv[0].startswith("-") and argv[0] not in COMMANDS
+
+
+def helper_args(argv: list[str]) -> list[str]:
+    """`SOURCE MOUNTPOINT [-o OPTS]... [-n] [-s] [-v] [-t TYPE]` as `mount` arguments."""
+    positional: list[str] = []
+    options: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "-o" and i + 1 < len(argv):
+            options.extend(o for o in argv[i + 1].split(",") if o)
+            i += 2
+            continue
+        if arg.startswith("-o") and len(arg) > 2:
+            options.extend(o for o in arg[2:].split(",") if o)
+        elif arg in ("-t", "-N") and i + 1 < len(argv):
+            i += 1  # the type (fuse.regfs) or namespace: nothing for us
+        elif arg.startswith("-"):
+            pass  # -n (no mtab), -s (sloppy), -v, -f (fake) from mount(8)
+        else:
+            positional.append(arg)
+        i += 1
+    if len(positional) != 2:
+        raise argparse.ArgumentTypeError(
+            f"unknown command {argv[0]!r} (see regfs --help); as a mount helper: "
+            "regfs SOURCE MOUNTPOINT [-o OPTIONS], SOURCE being the registry"
+        )
+    source, mountpoint = positional
+    args = ["mount", "--registry", source.removeprefix("regfs#")]
+    fuse: list[str] = []
+    for option in options:
+        key, has_value, value = option.partition("=")
+        if key in HELPER_VALUES and has_value:
+            args += [HELPER_VALUES[key], value]
+        elif key in HELPER_FLAGS and not has_value:
+            args.append(f"--{key}")
+        elif option in HELPER_IGNORED or option.startswith(HELPER_IGNORED_PREFIXES):
+            continue
+        else:
+            fuse.append(option)
+    if fuse:
+        args += ["-o", ",".join(fuse)]
+    return [*args, mountpoint]
+
+
+# -- status --------------------------------------------------------------------------------
+
+
+def regfs_mount_at(path: Path) -> bool:
+    target = os.path.realpath(path)
+    with open("/proc/self/mounts") as mounts:
+        for line in mounts:
+            fields = line.split()
+            where = fields[1].encode().decode("unicode_escape") if len(fields) > 2 else ""
+            if where == target and fields[2] == "fuse.regfs":
+                return True
+    return False
+
+
+def render_status(mountpoint: Path, doc: dict[str, object]) -> str:
+    def get(*keys: str) -> object:
+        value: object = doc
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        return value
+
+    def num(value: object) -> int:
+        return value if isinstance(value, int) else 0
+
+    mirrors = get("mirrors")
+    mirror_text = ", ".join(map(str, mirrors)) if isinstance(mirrors, list) else ""
+    lines = [
+        f"mount      {mountpoint}",
+        f"registry   {get('registry')}"
+        + (" (offline)" if get("offline") else "")
+        + (f"  mirrors: {mirror_text}" if mirror_text else ""),
+        f"uptime     {get('uptime_seconds')} s",
+        f"requests   {num(get('requests'))}   retries {num(get('retries'))}   "
+        f"in-flight block fetches {num(get('in_flight_blocks'))}",
+        "",
+        f"{'cache':<10} {'hits':>10} {'misses':>10}",
+    ]
+    for tier in ("memory", "disk"):
+        lines.append(
+            f"  {tier:<8} {num(get('cache', 'tiers', tier, 'hits')):>10} "
+            f"{num(get('cache', 'tiers', tier, 'misses')):>10}"
+        )
+    lines.append(f"  memory held: {cachectl.human(num(get('cache', 'memory_bytes')))}")
+    lines.append(
+        f"blobs      verified {num(get('blobs', 'verified'))}   failed "
+        f"{num(get('blobs', 'failed'))}   purged {num(get('blobs', 'purged'))}"
+    )
+    lines += ["", "bytes fetched by host"]
+    by_host = get("bytes_fetched_by_host")
+    if isinstance(by_host, dict) and by_host:
+        lines += [f"  {h:<40} {cachectl.human(num(n)):>12}" for h, n in sorted(by_host.items())]
+    else:
+        lines.append("  (none)")
+    lines += ["", "errors"]
+    errors = get("errors")
+    if isinstance(errors, dict) and errors:
+        lines += [f"  {kind:<40} {num(n):>12}" for kind, n in sorted(errors.items())]
+    else:
+        lines.append("  (none)")
+    return "\n".join(lines)
+
+
+def status(mountpoint: Path, as_json: bool) -> int:
+    if not regfs_mount_at(mountpoint):
+        print(f"regfs: {mountpoint} is not a regfs mount", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        raw = (mountpoint / ".regfs" / "stats.json").read_bytes()
+        doc = json.loads(raw)
+    except (OSError, ValueError) as exc:
+        print(f"regfs: cannot read {mountpoint}/.regfs/stats.json: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(raw.decode().rstrip() if as_json else render_status(mountpoint, doc))
+    return 0
+
+
+def cache_command(args: argparse.Namespace) -> int:
+    cache_dir = args.cache_dir or default_cache_dir()
+    if args.cache_command == "info":
+        info = cachectl.summary(cache_dir)
+        if args.json:
+            print(json.dumps(cachectl.info_document(info), indent=2))
+        else:
+            print(cachectl.render_info(cache_dir, info))
+        return 0
+    if args.cache_command == "prune":
+        freed = cachectl.prune(cache_dir, args.to)
+        print(f"pruned {cachectl.human(freed)} from {cache_dir}")
+        return 0
+    try:
+        freed = cachectl.clear(cache_dir, args.digest)
+    except ValueError as exc:
+        print(f"regfs: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"cleared {cachectl.human(freed)} from {cache_dir}")
+    return 0
+
+
+COMMANDS = ("mount", "umount", "prefetch", "status", "cache")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    if is_helper_form(argv):
+        try:
+            argv = helper_args(argv)
+        except argparse.ArgumentTypeError as exc:
+            print(f"regfs: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     args = parser.parse_args(argv)
     try:
         if args.command == "mount":
@@ -200,6 +454,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "umount":
             unmount(args.mountpoint)
             return 0
+        if args.command == "prefetch":
+            return prefetch.run(args.paths, jobs=args.jobs)
+        if args.command == "status":
+            return status(args.mountpoint, args.json)
+        if args.command == "cache":
+            return cache_command(args)
         parser.print_help()
         return EXIT_USAGE
     except KeyboardInterrupt:

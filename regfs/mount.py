@@ -205,9 +205,16 @@ def stats_document(ctx: Context, stats: Stats) -> dict[str, object]:
             "disk_hits": c.disk_hits,
             "misses": c.misses,
             "memory_bytes": int(ctx.cache.memory.currsize),
+            # Per tier: a memory miss goes to disk, a disk miss (c.misses) to the network.
+            "tiers": {
+                "memory": {"hits": c.memory_hits, "misses": c.disk_hits + c.misses},
+                "disk": {"hits": c.disk_hits, "misses": c.misses if ctx.disk else 0},
+            },
         },
         "blobs": {"verified": c.verified, "failed": c.failed, "purged": c.purges},
         "in_flight_blocks": ctx.cache.in_flight(),
+        "offline": ctx.options.offline,
+        "mirrors": [str(m.address) for m in ctx.mirrors],
         "errors": dict(stats.errors),
     }
 
@@ -250,10 +257,7 @@ async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
     ctx, clients = build_context(config, stats)
     try:
         if not config.options.offline:
-            try:
-                await ctx.client.ping()
-            except RegfsError as exc:
-                raise MountError(f"registry {config.registry} unreachable: {exc}") from exc
+            await _ping(ctx, config)
         tree = make_tree(ctx, stats)
         ops = Operations(tree, op_timeout=config.op_timeout, tag_ttl=config.options.tag_ttl)
         options = set(pyfuse3.default_options)
@@ -278,6 +282,29 @@ async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
     finally:
         for client in clients:
             await client.aclose()
+
+
+async def _ping(ctx: Context, config: MountConfig) -> None:
+    """The registry must answer, or at least one mirror (which can serve it all when warm)."""
+    try:
+        await ctx.client.ping()
+        return
+    except RegfsError as exc:
+        failure = exc
+    for mirror in ctx.mirrors:
+        try:
+            await mirror.ping()
+        except RegfsError as exc:
+            log.info("mirror %s unreachable: %s", mirror.address, exc)
+            continue
+        log.warning(
+            "registry %s unreachable (%s); serving through mirror %s",
+            config.registry,
+            failure,
+            mirror.address,
+        )
+        return
+    raise MountError(f"registry {config.registry} unreachable: {failure}") from failure
 
 
 async def _stop_on_signals(scope: trio.CancelScope) -> None:

@@ -13,9 +13,10 @@ import json
 import logging
 import platform as host_platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TypeVar
 
 import trio
 
@@ -25,15 +26,18 @@ from .cache import BlobRef, BlockCache, DiskCache, ReadStream
 from .errors import (
     AuthError,
     InvalidReferenceError,
+    ManifestError,
     NotFoundError,
     OfflineError,
     RegfsError,
+    RegistryError,
     TransientError,
 )
 from .reference import is_digest, is_repository, is_repository_component, is_tag, registry_key
 from .registry import RegistryClient
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 ROOT_INODE = 1
 
@@ -104,7 +108,7 @@ class Context:
                 raise OfflineError(f"{repo}:{reference} is not cached")
             return mf.parse_document(raw, digest=digest)
         try:
-            doc = await self.client.get_manifest(repo, reference)
+            doc = await self.via_mirrors(lambda c: c.get_manifest(repo, reference))
         except TransientError:
             # A network failure with the tag seen before: serve what it last resolved to.
             digest = None if is_digest(reference) else await self._cached_tag(repo, reference)
@@ -121,6 +125,28 @@ class Context:
                     disk.put_tag, self.registry, repo, reference, doc.digest
                 )
         return doc
+
+    async def via_mirrors(self, call: Callable[[RegistryClient], Awaitable[T]]) -> T:
+        """Ask each pull-through mirror in turn, then the registry itself.
+
+        A mirror that fails in any way (unreachable, 404, 429, a document not matching its
+        digest) falls through to the next; the registry's own answer or error is final,
+        except that a registry out of reach does not overrule a mirror's 404.
+        """
+        not_found: NotFoundError | None = None
+        for mirror in self.mirrors:
+            try:
+                return await call(mirror)
+            except (RegistryError, ManifestError) as exc:
+                log.info("mirror %s: %s; falling through", mirror.address, exc)
+                if isinstance(exc, NotFoundError) and not_found is None:
+                    not_found = exc
+        try:
+            return await call(self.client)
+        except TransientError:
+            if not_found is not None:
+                raise not_found from None
+            raise
 
     async def _cached_document(self, digest: str) -> bytes | None:
         if self.disk is None:
@@ -436,7 +462,7 @@ class RepoDir(Dir):
                 else []
             )
         try:
-            return sorted(set(await self.ctx.client.list_tags(self.path)))
+            return sorted(set(await self.ctx.via_mirrors(lambda c: c.list_tags(self.path))))
         except (NotFoundError, AuthError) as exc:
             log.debug("tags of %s: %s", self.path, exc)
             return []
