@@ -180,6 +180,12 @@ class SegmentedFile(File):
 
     async def read(self, offset: int, size: int, stream: ReadStream | None) -> bytes:
         end = min(offset + size, self._size)
+        # Whether this read continues the last one is decided once, in the archive's offsets;
+        # each blob under it sees the same pattern in its own offsets (so the cache's
+        # readahead follows a `cp`, and a `tar tf` hopping from header to header gets none).
+        sequential = stream is not None and stream.next_offset == offset
+        window = stream.window if stream is not None and sequential else 0
+        next_window = window
         parts = []
         position = offset
         index = bisect.bisect_right(self._starts, offset) - 1
@@ -188,35 +194,24 @@ class SegmentedFile(File):
             start = position - segment.offset
             length = min(end, segment.offset + segment.size) - position
             if segment.blob is not None:
-                parts.append(await self._read_blob(segment, start, length, stream))
+                local = None if stream is None else ReadStream(start if sequential else -1, window)
+                data = await segment.blob.read(start, length, local)
+                if len(data) != length:  # the blob is shorter than its descriptor says
+                    raise IntegrityError(
+                        f"{segment.blob.blob.digest}: {len(data)} bytes at {start}, "
+                        f"expected {length}"
+                    )
+                parts.append(data)
+                next_window = local.window if local is not None else 0
             else:
                 assert segment.data is not None
                 parts.append(segment.data[start : start + length])
-                if stream is not None:
-                    if stream.next_offset != position:
-                        stream.window = 0  # a jump: readahead starts over
-                    stream.next_offset = position + length
             position += length
             index += 1
-        return b"".join(parts)
-
-    async def _read_blob(
-        self, segment: Segment, start: int, length: int, stream: ReadStream | None
-    ) -> bytes:
-        assert segment.blob is not None
-        # The cache's readahead sees offsets within the blob: translate the stream both ways.
-        local = None
         if stream is not None:
-            local = ReadStream(stream.next_offset - segment.offset, stream.window)
-        data = await segment.blob.read(start, length, local)
-        if stream is not None and local is not None:
-            stream.next_offset = local.next_offset + segment.offset
-            stream.window = local.window
-        if len(data) != length:  # the blob is shorter than its descriptor says
-            raise IntegrityError(
-                f"{segment.blob.blob.digest}: {len(data)} bytes at {start}, expected {length}"
-            )
-        return data
+            stream.next_offset = end
+            stream.window = next_window
+        return b"".join(parts)
 
 
 class TarBuilder:

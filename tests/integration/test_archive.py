@@ -139,7 +139,7 @@ def test_tar_tf_reads_headers_not_layers(
         during = fetched(m) - before
         big = max(x.size for x in seeded.hello.layers)
         assert big > 2 << 20
-        assert during < big // 2, f"tar tf fetched {during} bytes of a {size}-byte archive"
+        assert during < big // 4, f"tar tf fetched {during} bytes of a {size}-byte archive"
 
 
 def test_skopeo_reads_image_tar_as_docker_archive_and_oci_archive(

@@ -1,0 +1,316 @@
+"""regfs.archive without a mount: image.tar's segments, headers and reads; the OCI layout."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import tarfile
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from regfs import archive
+from regfs import manifest as mf
+from regfs.blobs import ForeignURLPolicy
+from regfs.cache import BlockCache, ReadStream
+from regfs.tree import IMAGE_EXTRAS, BytesFile, Context, File, ImageName, Options, StaticDir
+from tests.fixtures.images import random_bytes
+from tests.unit.mock_http import Recorder, chunks, mock_client
+
+BLOCK = 4096
+CREATED = "2023-11-14T22:13:20.123456789Z"
+SMALL = random_bytes(700, seed=11)
+BIG = random_bytes(300_000 + 17, seed=12)
+_RANGE = re.compile(r"bytes=(\d+)-(\d+)")
+TAGGED = ImageName("latest", "latest")
+
+
+def digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+CONFIG = json.dumps(
+    {
+        "created": CREATED,
+        "architecture": "arm64",
+        "variant": "v8",
+        "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": ["sha256:" + "1" * 64, "sha256:" + "2" * 64]},
+    }
+).encode()
+BLOBS = {digest(b): b for b in (CONFIG, SMALL, BIG)}
+
+
+def manifest(media_types: str = "docker", foreign_urls: tuple[str, ...] = ()) -> mf.Manifest:
+    docker = media_types == "docker"
+    layer_type = mf.DOCKER_LAYER if docker else mf.OCI_LAYER_GZIP
+    big_type = (
+        (mf.DOCKER_FOREIGN_LAYER if docker else mf.OCI_NONDIST_GZIP) if foreign_urls else layer_type
+    )
+    big: dict[str, Any] = {"mediaType": big_type, "digest": digest(BIG), "size": len(BIG)}
+    if foreign_urls:
+        big["urls"] = list(foreign_urls)
+    raw = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": mf.DOCKER_MANIFEST if docker else mf.OCI_MANIFEST,
+            "config": {
+                "mediaType": mf.DOCKER_CONFIG if docker else mf.OCI_CONFIG,
+                "digest": digest(CONFIG),
+                "size": len(CONFIG),
+            },
+            "layers": [
+                {"mediaType": layer_type, "digest": digest(SMALL), "size": len(SMALL)},
+                big,
+            ],
+        },
+        indent=3,
+    ).encode()
+    doc = mf.parse_document(raw)
+    assert isinstance(doc, mf.Manifest)
+    return doc
+
+
+def serve_blobs(request: httpx.Request) -> httpx.Response:
+    data = BLOBS.get(request.url.path.rsplit("/", 1)[1])
+    if data is None:
+        return httpx.Response(404)
+    match = _RANGE.fullmatch(request.headers.get("range", ""))
+    assert match, "regfs asks for ranges"
+    start, end = int(match[1]), int(match[2]) + 1
+    return httpx.Response(
+        206,
+        headers={"Content-Range": f"bytes {start}-{end - 1}/{len(data)}"},
+        content=chunks(data[start:end], 1000),
+    )
+
+
+@pytest.fixture
+async def world(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[Context, Recorder]]:
+    client, recorder = mock_client(monkeypatch, serve_blobs, address="http://127.0.0.1:5000")
+    cache = BlockCache(disk=None, block_size=BLOCK, readahead_bytes=8 * BLOCK, request_bytes=BLOCK)
+    ctx = Context(client, cache, None, ForeignURLPolicy([]), Options())
+    async with cache.running():
+        yield ctx, recorder
+    await client.aclose()
+
+
+def blob_requests(recorder: Recorder, data: bytes) -> list[tuple[int, int]]:
+    """[start, end) of every request for one blob."""
+    out = []
+    for r in recorder.requests:
+        if r.url.path.endswith(digest(data)):
+            match = _RANGE.fullmatch(r.headers["range"])
+            assert match
+            out.append((int(match[1]), int(match[2]) + 1))
+    return out
+
+
+def nodes(
+    ctx: Context, image: mf.Manifest, name: ImageName = TAGGED
+) -> tuple[archive.SegmentedFile, StaticDir]:
+    created = 1_700_000_000.5
+    tar, oci = archive.archive_entries(ctx, "library/hello", image, CONFIG, created, name)
+    assert isinstance(tar, archive.SegmentedFile) and isinstance(oci, StaticDir)
+    return tar, oci
+
+
+async def read_all(file: File, chunk: int) -> bytes:
+    parts = []
+    stream = ReadStream()
+    for offset in range(0, file.size, chunk):
+        parts.append(await file.read(offset, chunk, stream))
+    return b"".join(parts)
+
+
+def test_the_hook_is_registered() -> None:
+    assert archive.archive_entries in IMAGE_EXTRAS
+
+
+async def test_image_tar_is_a_docker_archive_and_an_oci_archive(
+    world: tuple[Context, Recorder],
+) -> None:
+    ctx, recorder = world
+    image = manifest()
+    tar_file, _ = nodes(ctx, image)
+    size = tar_file.size
+    assert not recorder.requests, "the size is known before any blob is read"
+    data = await read_all(tar_file, 7919)  # reads that straddle every boundary
+    assert len(data) == size and size % 512 == 0
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        for member in members.values():
+            assert member.mtime == 1_700_000_000
+            assert member.uid == member.gid == 0
+            assert member.mode == (0o755 if member.isdir() else 0o644)
+
+        def content(name: str) -> bytes:
+            f = tar.extractfile(name)
+            assert f is not None
+            return f.read()
+
+        for blob in BLOBS.values():
+            assert content(archive.blob_path(digest(blob))) == blob
+        assert json.loads(content("oci-layout")) == {"imageLayoutVersion": "1.0.0"}
+        [item] = json.loads(content("manifest.json"))
+        assert item == {
+            "Config": archive.blob_path(digest(CONFIG)),
+            "RepoTags": ["127.0.0.1:5000/library/hello:latest"],
+            "Layers": [archive.blob_path(digest(SMALL)), archive.blob_path(digest(BIG))],
+        }
+        [entry] = json.loads(content("index.json"))["manifests"]
+        assert entry["annotations"] == {
+            archive.REF_NAME: "latest",
+            archive.CONTAINERD_NAME: "127.0.0.1:5000/library/hello:latest",
+        }
+        assert entry["platform"] == {"architecture": "arm64", "os": "linux", "variant": "v8"}
+        oci = content(archive.blob_path(entry["digest"]))
+        assert digest(oci) == entry["digest"] and len(oci) == entry["size"]
+    # Headers are plain ustar: what every tar reader takes.
+    assert data[257:263] == b"ustar\x00"
+
+
+async def test_a_read_fetches_only_the_blocks_under_it(world: tuple[Context, Recorder]) -> None:
+    ctx, recorder = world
+    tar_file, _ = nodes(ctx, manifest())
+    big = next(s for s in tar_file.segments if s.blob is not None and s.size == len(BIG))
+    header = big.offset - 512
+    info = tarfile.TarInfo.frombuf(await tar_file.read(header, 512, None), "utf-8", "strict")
+    assert info.name == archive.blob_path(digest(BIG)) and info.size == len(BIG)
+    assert blob_requests(recorder, BIG) == [], "a header is not in any blob"
+    middle = big.offset + 150_000
+    assert await tar_file.read(middle, 100, None) == BIG[150_000:150_100]
+    first = 150_000 // BLOCK * BLOCK
+    assert blob_requests(recorder, BIG) == [(first, first + BLOCK)]
+    # Straddling the end of the big layer: its last bytes, the padding, the next header.
+    tail = await tar_file.read(big.offset + len(BIG) - 10, 600, None)
+    assert tail[:10] == BIG[-10:]
+    assert tail[10 : 10 + (-len(BIG) % 512)] == bytes(-len(BIG) % 512)
+    assert blob_requests(recorder, SMALL) == []
+
+
+async def test_reads_match_at_any_offset(world: tuple[Context, Recorder]) -> None:
+    ctx, _ = world
+    tar_file, _ = nodes(ctx, manifest())
+    whole = await read_all(tar_file, 1 << 20)
+    for offset, size in [(0, 1), (511, 2), (1000, 5000), (tar_file.size - 3, 100), (7, 400_000)]:
+        assert await tar_file.read(offset, size, None) == whole[offset : offset + size]
+    assert await tar_file.read(tar_file.size, 10, None) == b""
+
+
+async def test_sequential_reads_get_readahead_and_jumps_do_not(
+    world: tuple[Context, Recorder],
+) -> None:
+    ctx, _ = world
+    tar_file, _ = nodes(ctx, manifest())
+    big = next(s for s in tar_file.segments if s.blob is not None and s.size == len(BIG))
+    stream = ReadStream()
+    await tar_file.read(big.offset - 512, BLOCK, stream)
+    assert stream.window == 0  # not where the last read ended: no readahead
+    await tar_file.read(big.offset - 512 + BLOCK, BLOCK, stream)
+    assert stream.window > 0 and stream.next_offset == big.offset - 512 + 2 * BLOCK
+    await tar_file.read(big.offset + 200_000, BLOCK, stream)
+    assert stream.window == 0
+
+
+async def test_docker_manifest_restated_with_oci_media_types(
+    world: tuple[Context, Recorder],
+) -> None:
+    image = manifest(foreign_urls=("https://cdn.example/base.tar.gz",))
+    restated = json.loads(archive.oci_manifest(image))
+    assert restated["mediaType"] == mf.OCI_MANIFEST
+    assert restated["config"]["mediaType"] == mf.OCI_CONFIG
+    assert [d["mediaType"] for d in restated["layers"]] == [mf.OCI_LAYER_GZIP, mf.OCI_NONDIST_GZIP]
+    assert restated["layers"][1]["urls"] == ["https://cdn.example/base.tar.gz"]
+    assert [d["digest"] for d in restated["layers"]] == [d.digest for d in image.layers]
+    # docker save names a foreign layer's origin by its diff ID.
+    ctx, _ = world
+    layout = archive.layout(ctx, "windows/servercore", image, CONFIG, ImageName("x", "x"))
+    [item] = json.loads(layout.docker_manifest)
+    assert item["LayerSources"] == {
+        "sha256:" + "2" * 64: {
+            "mediaType": mf.DOCKER_FOREIGN_LAYER,
+            "size": len(BIG),
+            "digest": digest(BIG),
+            "urls": ["https://cdn.example/base.tar.gz"],
+        }
+    }
+
+
+async def test_an_oci_manifest_is_kept_byte_for_byte(world: tuple[Context, Recorder]) -> None:
+    ctx, _ = world
+    image = manifest("oci")
+    assert archive.oci_manifest(image) == image.raw
+    layout = archive.layout(ctx, "oci/app", image, CONFIG, ImageName("1.0", "1.0"))
+    assert layout.manifest_digest == image.digest
+
+
+async def test_names_of_tags_digests_and_platforms(
+    world: tuple[Context, Recorder], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx, _ = world
+    image = manifest()
+    digest_dir = archive.layout(ctx, "library/hello", image, CONFIG, ImageName(image.digest))
+    assert json.loads(digest_dir.docker_manifest)[0]["RepoTags"] == []
+    [entry] = json.loads(digest_dir.index)["manifests"]
+    assert entry["annotations"] == {archive.REF_NAME: image.digest}
+    from regfs.reference import parse_registry
+
+    monkeypatch.setattr(ctx.client, "address", parse_registry("docker.io"))
+    assert archive.repo_tag(ctx, "library/alpine", "3") == "alpine:3"
+    assert archive.repo_tag(ctx, "bitnami/redis", "7") == "bitnami/redis:7"
+
+
+async def test_oci_directory_holds_manifest_config_and_layers(
+    world: tuple[Context, Recorder],
+) -> None:
+    ctx, recorder = world
+    _, oci = nodes(ctx, manifest())
+    entries = {n.name: n for n in await oci.children()}
+    assert set(entries) == {"oci-layout", "index.json", "blobs"}
+    index = json.loads(await entries["index.json"].read(0, 1 << 20, None))  # type: ignore[attr-defined]
+    blobs = entries["blobs"]
+    assert isinstance(blobs, StaticDir)
+    [sha256] = await blobs.children()
+    assert isinstance(sha256, StaticDir) and sha256.name == "sha256"
+    files = {n.name: n for n in await sha256.children()}
+    manifest_hex = index["manifests"][0]["digest"].split(":")[1]
+    assert set(files) == {manifest_hex} | {d.split(":")[1] for d in BLOBS}
+    assert isinstance(files[manifest_hex], BytesFile)
+    for d, data in BLOBS.items():
+        node = files[d.split(":")[1]]
+        assert isinstance(node, File)
+        assert node.size == len(data)
+        assert await read_all(node, 65536) == data
+    assert recorder.requests
+
+
+def test_schema1_images_get_no_archive() -> None:
+    raw = json.dumps(
+        {
+            "schemaVersion": 1,
+            "name": "legacy/schema1",
+            "tag": "1",
+            "fsLayers": [{"blobSum": digest(SMALL)}],
+            "history": [{"v1Compatibility": "{}"}],
+        }
+    ).encode()
+    image = mf.parse_document(raw)
+    assert isinstance(image, mf.Manifest)
+    ctx: Any = object()  # nothing may be asked of it
+    assert archive.archive_entries(ctx, "legacy/schema1", image, b"{}", 0.0, ImageName("1")) == []
+
+
+def test_long_names_get_a_pax_header() -> None:
+    builder = archive.TarBuilder(0)
+    name = "blobs/sha512/" + "a" * 128
+    builder.file(name, b"data")
+    data = b"".join(s.data or b"" for s in builder.finish())
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        assert tar.getnames() == [name]
+        f = tar.extractfile(name)
+        assert f is not None and f.read() == b"data"
