@@ -121,7 +121,8 @@ def same_origin(a: httpx.URL, b: httpx.URL) -> bool:
 def status_error(response: httpx.Response, what: str) -> RegistryError:
     """The error for a non-success status (body not needed)."""
     status = response.status_code
-    where = f"{what}: {response.request.url.host} answered {status}"
+    host = response.request.url.netloc.decode("ascii", "replace")  # with the port: which registry
+    where = f"{what}: {host} answered {status}"
     if status == 404:
         return NotFoundError(where)
     if status in (401, 403):
@@ -260,9 +261,10 @@ class RegistryClient:
     async def _unauthorized(self, response: httpx.Response, scope: str, sent: str | None) -> bool:
         try:
             # Drain at most 1 MiB so the connection can be reused; a hostile body is cut off.
-            await read_capped(response, MAX_SMALL_BODY)
+            # Kept on the response: when no retry follows, the caller reads it as the error.
+            response._content = await read_capped(response, MAX_SMALL_BODY)
         except ProtocolError:
-            pass
+            response._content = b""
         finally:
             await response.aclose()
         return await self.auth.handle_unauthorized(response, scope, sent)

@@ -444,6 +444,7 @@ class RepoDir(Dir):
         self._images: dict[str, ImageDir] = {}
         self._subdirs: dict[str, RepoDir] = {}
         self._lock = trio.Lock()
+        self._denied: AuthError | None = None  # the tag list was refused to us
 
     async def tags(self) -> list[str]:
         async with self._lock:
@@ -455,6 +456,7 @@ class RepoDir(Dir):
 
     async def _fetch_tags(self) -> list[str]:
         disk = self.ctx.disk
+        self._denied = None
         if self.ctx.options.offline:
             return (
                 await trio.to_thread.run_sync(disk.cached_tags, self.ctx.registry, self.path)
@@ -465,12 +467,21 @@ class RepoDir(Dir):
             return sorted(set(await self.ctx.via_mirrors(lambda c: c.list_tags(self.path))))
         except (NotFoundError, AuthError) as exc:
             log.debug("tags of %s: %s", self.path, exc)
+            if isinstance(exc, AuthError):
+                self._denied = exc
             return []
+
+    async def _unlistable(self) -> bool:
+        """Refused the tag list, and no catalog to say what is here: only the registry knows."""
+        return self._denied is not None and await self.catalog.repos() is None
 
     async def children(self) -> list[Node]:
         nodes: list[Node] = []
         names = set()
-        for tag in await self.tags():
+        tags = await self.tags()
+        if self._denied is not None and await self._unlistable():
+            raise self._denied  # an empty listing would hide the refusal (EACCES instead)
+        for tag in tags:
             node = await self._image(tag)
             if node is not None:
                 nodes.append(node)
@@ -488,6 +499,8 @@ class RepoDir(Dir):
         if not is_repository_component(name) or not is_repository(f"{self.path}/{name}"):
             return None
         if await self.catalog.might_exist(f"{self.path}/{name}"):
+            if is_tag(name) and await self._unlistable():
+                return await self._tag_or_repo(name)
             return self._subdir(name)
         if is_tag(name):
             return await self._image(name)  # a tag the list did not show (yet)
@@ -500,6 +513,19 @@ class RepoDir(Dir):
                 name, self.ctx, f"{self.path}/{name}", self.catalog
             )
         return node
+
+    async def _tag_or_repo(self, name: str) -> Node:
+        """An image if its manifest answers, a nested repo if its tags do, else the refusal:
+        without credentials a protected registry is EACCES, not an empty directory."""
+        try:
+            node = await self._image(name)
+        except AuthError:
+            sub = self._subdir(name)
+            await sub.tags()
+            if sub._denied is not None:
+                raise
+            return sub
+        return node if node is not None else self._subdir(name)
 
     async def _image(self, reference: str) -> ImageDir | None:
         node = self._images.get(reference)

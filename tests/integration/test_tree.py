@@ -83,7 +83,10 @@ async def test_image_by_tag_is_byte_exact(
 ) -> None:
     hello = seeded.hello
     async with built(tmp_path, registry) as b:
-        assert await b.names("library/hello/latest") == ["config.json", "layers", "manifest.json"]
+        # (whole-image views such as image.tar may sit beside these)
+        assert {"config.json", "layers", "manifest.json"} <= set(
+            await b.names("library/hello/latest")
+        )
         assert await b.read("library/hello/latest/manifest.json") == hello.manifest_bytes
         assert await b.read("library/hello/latest/config.json") == hello.config_bytes
         assert await b.names("library/hello/latest/layers") == sorted(
@@ -128,7 +131,7 @@ async def test_index_shows_the_matching_platform(
     path = ref.replace(":", "/")
     async with built(tmp_path, registry, platform="linux/arm64/v8") as b:
         assert await b.read(f"{path}/index.json") == index.manifest_bytes
-        assert set(await b.names(path)) == {
+        assert set(await b.names(path)) >= {
             "index.json",
             "platforms",
             "manifest.json",
