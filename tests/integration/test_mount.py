@@ -76,7 +76,11 @@ def shared(
 ) -> Iterator[Mount]:
     """One mount for every test that only reads: small blocks, 1 s tag TTL, arm64."""
     tmp = tmp_path_factory.mktemp("shared-mount")
-    args = ("--block-size", "64K", "--tag-ttl", "1", "--platform", "linux/arm64/v8")
+    args = (
+        *("--block-size", "64K", "--tag-ttl", "1", "--platform", "linux/arm64/v8"),
+        # A memory tier smaller than one layer: reads go through the disk tier too.
+        *("--memory-cache", "256K", "--cache-size", "100M", "--timeout", "120", "-o", "noatime"),
+    )
     with mounted(tmp, registry.url, *args, env=no_credentials_env(tmp)) as m:
         yield m
 
@@ -95,6 +99,14 @@ def test_mount_errors_are_one_line_and_nonzero(tmp_path: Path, registry: Registr
         (["--registry", dead, str(tmp_path / "dir")], "unreachable"),
     ]
     env = no_credentials_env(tmp_path) | {"XDG_STATE_HOME": str(tmp_path / "state")}
+    usage = [
+        ["--platform", "linux", str(tmp_path / "dir")],
+        ["--block-size", "lots", str(tmp_path / "dir")],
+        ["--foreign-url-allow", "(", str(tmp_path / "dir")],
+    ]
+    for args in usage:
+        result = run_regfs(["mount", *args], env=env)
+        assert result.returncode == 2, result
     for args, words in cases:
         result = run_regfs(["mount", "--cache-dir", str(tmp_path / "cache"), *args], env=env)
         assert result.returncode != 0, result
