@@ -14,7 +14,7 @@ import pyfuse3
 import pytest
 
 from regfs import fs
-from regfs.errors import NotFoundError
+from regfs.errors import AuthError, NotFoundError
 from regfs.mount import MountConfig, build_context, make_tree
 from regfs.registry import Stats
 from regfs.tree import ROOT_INODE, Dir, Node, Options, Tree, parse_platform
@@ -340,3 +340,21 @@ async def test_writes_are_erofs_in_the_adapter(tmp_path: Path, registry: Registr
             with pytest.raises(pyfuse3.FUSEError) as raised:
                 await call(image.inode, b"x")
             assert raised.value.errno == errno.EROFS
+
+
+async def test_protected_registry_without_credentials_is_auth_error(
+    tmp_path: Path, htpasswd_registry: RegistryServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for var in ("DOCKER_CONFIG", "REGISTRY_AUTH_FILE", "XDG_RUNTIME_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / "nothing-here"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    async with built(tmp_path, htpasswd_registry) as b:
+        assert await b.names("") == [".regfs"]  # no catalog without credentials
+        library = await b.walk("library")
+        # Neither an empty directory nor ENOENT: the refusal itself (EACCES in fs.py).
+        with pytest.raises(AuthError) as raised:
+            await b.walk("library/hello/latest")
+        assert htpasswd_registry.host in str(raised.value)
+        assert fs.errno_for(raised.value) == errno.EACCES
+        with pytest.raises(AuthError):
+            await b.tree.listdir(library.inode)
