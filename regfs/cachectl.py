@@ -143,6 +143,8 @@ def clear(cache_dir: Path, digest: str | None = None) -> int:
 
     The top directories stay: running mounts expect them.
     """
+    if digest is not None and not is_digest(digest):
+        raise ValueError(f"invalid digest {digest!r}")
     root = Path(cache_dir) / "v1"
     if not root.is_dir():
         return 0
@@ -153,8 +155,6 @@ def clear(cache_dir: Path, digest: str | None = None) -> int:
                 freed += _tree_bytes(entry)[1] if entry.is_dir() else _size(entry)
                 _remove(entry)
         return freed
-    if not is_digest(digest):
-        raise ValueError(f"invalid digest {digest!r}")
     freed = 0
     for blob in cached_blobs(cache_dir):
         if blob.digest == digest:

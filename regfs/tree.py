@@ -494,7 +494,9 @@ class RepoDir(Dir):
     async def lookup(self, name: str) -> Node | None:
         if is_digest(name):
             return await self._image(name)
-        if is_tag(name) and (name in await self.tags() or self.ctx.options.offline):
+        # Offline, tags() lists the tags the cache knows; a name outside it may still be a
+        # cached nested repository (library/hello under library), so it is not a tag yet.
+        if is_tag(name) and name in await self.tags():
             return await self._image(name)
         if not is_repository_component(name) or not is_repository(f"{self.path}/{name}"):
             return None
