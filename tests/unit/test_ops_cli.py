@@ -1,0 +1,123 @@
+"""Operator tools without a mount: the mount-helper argument form, what prefetch reads,
+its display, and cache clear/prune on a disk cache."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pytest
+
+from regfs import cachectl
+from regfs.cache import DiskCache
+from regfs.cli import build_parser, helper_args, is_helper_form
+from regfs.prefetch import Display, Item, Prefetch, display_names, plan
+
+DIGEST_A = "sha256:" + "a" * 64
+DIGEST_B = "sha256:" + "b" * 64
+
+
+def test_helper_form_translates_mount_options() -> None:
+    argv = [
+        "http://127.0.0.1:5000",
+        "/mnt/x",
+        "-o",
+        "rw,noauto,nofail,_netdev,x-systemd.automount,cache_dir=/var/cache/regfs,"
+        "mirror=http://m1,mirror=http://m2,offline,allow_other,platform=linux/arm64/v8",
+        "-n",
+        "-t",
+        "fuse.regfs",
+    ]
+    assert is_helper_form(argv)
+    args = build_parser().parse_args(helper_args(argv))
+    assert args.command == "mount"
+    assert args.registry == "http://127.0.0.1:5000"
+    assert args.mountpoint == Path("/mnt/x")
+    assert args.cache_dir == Path("/var/cache/regfs")
+    assert args.mirror == ["http://m1", "http://m2"]
+    assert args.offline
+    assert args.platform == "linux/arm64/v8"
+    assert args.fuse_options == ["allow_other"]  # rw, noauto, nofail, x-… are not for FUSE
+
+
+def test_subcommands_and_options_are_not_the_helper_form() -> None:
+    for argv in (["mount", "/mnt"], ["prefetch", "a", "b"], ["--version"], []):
+        assert not is_helper_form(argv)
+
+
+def _image(directory: Path, layers: list[str], extras: tuple[str, ...] = ()) -> None:
+    (directory / "layers").mkdir(parents=True)
+    for name in ("manifest.json", "config.json", *extras):
+        (directory / name).write_bytes(b"{}")
+    for digest in layers:
+        (directory / "layers" / f"{digest}.tar.gz").write_bytes(b"x" * 10)
+
+
+def test_prefetch_plan_reads_images_not_views_and_each_layer_once(tmp_path: Path) -> None:
+    repo = tmp_path / "library" / "hello"
+    _image(repo / "latest", [DIGEST_A, DIGEST_B], extras=("image.tar",))
+    _image(repo / "v1", [DIGEST_A])
+    (repo / "latest" / "oci").mkdir()
+    (repo / "latest" / "oci" / "index.json").write_bytes(b"{}")
+    (tmp_path / ".regfs").mkdir()
+    (tmp_path / ".regfs" / "stats.json").write_bytes(b"{}")
+    work = plan([tmp_path, tmp_path / "nothing-here"])
+    names = [os.path.relpath(i.path, tmp_path) for i in work.items]
+    assert names == [
+        "library/hello/latest/manifest.json",
+        "library/hello/latest/config.json",
+        f"library/hello/latest/layers/{DIGEST_A}.tar.gz",
+        f"library/hello/latest/layers/{DIGEST_B}.tar.gz",
+        "library/hello/v1/manifest.json",
+        "library/hello/v1/config.json",
+    ]
+    assert [p for p, _ in work.errors] == [tmp_path / "nothing-here"]
+
+
+def test_display_redraws_on_a_terminal_and_writes_plain_lines_otherwise() -> None:
+    items = [Item(Path("/m/a.tar.gz"), 4 << 20, done=1 << 20, started=0.0)]
+    job = Prefetch(items, 1)
+    job.started = 0.0
+    tty_out = io.StringIO()
+    tty = Display(tty_out, True, display_names(items))
+    tty.update(job, 2.0)
+    tty.update(job, 3.0)
+    text = tty_out.getvalue()
+    assert "\x1b[2F" in text  # the second frame went back over the first
+    assert "/m/a.tar.gz" in text and "ETA" in text and "/s" in text
+
+    plain_out = io.StringIO()
+    plain = Display(plain_out, False, display_names(items))
+    plain.update(job, 10.0)
+    items[0].done, items[0].finished = items[0].size, 11.0
+    plain.finished(items[0])
+    text = plain_out.getvalue()
+    assert "\x1b" not in text
+    assert "25%" in text and "done   /m/a.tar.gz" in text
+
+
+def test_cache_clear_and_prune(tmp_path: Path) -> None:
+    disk = DiskCache(tmp_path, 1 << 30)
+    disk.write_block(DIGEST_A, 0, "reg", b"a" * 1000, blob_size=2000)
+    disk.write_block(DIGEST_B, 0, "reg", b"b" * 3000, blob_size=3000)
+    disk.promote(DIGEST_B, "reg")
+    os.utime(disk.verified_dir(DIGEST_B), (1, 1))  # B: used long ago
+    for f in disk.verified_dir(DIGEST_B).iterdir():
+        os.utime(f, (1, 1))
+    blobs = {b.digest: b for b in cachectl.cached_blobs(tmp_path)}
+    assert blobs[DIGEST_A].fraction == 0.5 and not blobs[DIGEST_A].verified
+    assert blobs[DIGEST_B].fraction == 1.0 and blobs[DIGEST_B].verified
+
+    assert cachectl.prune(tmp_path, 2000) > 0
+    assert [b.digest for b in cachectl.cached_blobs(tmp_path)] == [DIGEST_A]  # LRU went
+
+    disk.put_document(DIGEST_B, b"{}")
+    assert cachectl.clear(tmp_path, DIGEST_B) > 0
+    assert disk.get_document(DIGEST_B) is None
+    cachectl.clear(tmp_path)
+    assert cachectl.cached_blobs(tmp_path) == []
+    assert sorted(p.name for p in (tmp_path / "v1").iterdir()) == sorted(cachectl.SUBDIRS)
+    disk.write_block(DIGEST_A, 0, "reg", b"a" * 10)  # a running mount goes on writing
+    with pytest.raises(ValueError):
+        cachectl.clear(tmp_path, "sha256:nothex")
