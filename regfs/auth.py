@@ -856,8 +856,9 @@ class RegistryAuth:
         return url
 
     def _may_receive_credentials(self, url: httpx.URL) -> bool:
-        """https realms, or the registry's own host:port: never plain http to someone else."""
-        return url.scheme == "https" or _hostport(url) == _hostport(self._registry_url)
+        """https realms, or the registry's own host (any port: the same machine, which an http
+        registry already sends credentials to in clear); never plain http to another host."""
+        return url.scheme == "https" or url.host == self._registry_url.host
 
     async def _fetch_token(self, scope: str, challenge: Challenge) -> _Token:
         url = self._realm_url(challenge)

@@ -21,6 +21,7 @@ from tests.fixtures.images import File, PushedImage, make_layer, push_image
 from tests.fixtures.mounting import REGFS, Mount, force_unmount, is_mounted, mounted, run_regfs
 from tests.fixtures.registry import RegistryServer
 from tests.fixtures.seed import ALICE, Seeded
+from tests.fixtures.token_issuer import TokenIssuer
 
 TTL_REPO = "mounttest/ttl"
 
@@ -396,17 +397,22 @@ def test_credentials_work_and_never_reach_the_log(
         assert secret not in log, f"{secret!r} appears in the log"
 
 
-def test_token_registry_credentials_never_reach_the_log(
-    tmp_path: Path, token_registry: RegistryServer
+def test_token_registry_reads_with_credentials_and_never_logs_them(
+    tmp_path: Path,
+    token_registry: RegistryServer,
+    token_hello: PushedImage,
+    token_issuer: TokenIssuer,
 ) -> None:
-    # The fixture's token realm is plain http on another port: by design (auth.py) regfs
-    # sends no credentials there, so alice's reads are refused; nothing secret is logged.
+    # The realm is plain http on the registry's own host (another port): credentials go there.
     server = token_registry
     with mounted(tmp_path, server.url, "--debug", env=alice_env(tmp_path, server)) as m:
-        with pytest.raises(PermissionError):
-            (m.path / "library" / "hello" / "latest" / "manifest.json").read_bytes()
+        image = m.path / "library" / "hello" / "latest"
+        assert (image / "manifest.json").read_bytes() == token_hello.manifest_bytes
+        for layer in token_hello.layers:
+            assert (image / "layers" / f"{layer.digest}.tar.gz").read_bytes() == layer.data
         log = m.log()
-    assert "requesting a token" in log and "not sending credentials" in log
+    assert "requesting a token" in log
+    assert ("repository:library/hello:pull", "alice") in token_issuer.requests
     for secret in _secrets():
         assert secret not in log, f"{secret!r} appears in the log"
 

@@ -670,10 +670,19 @@ async def test_same_host_http_realm_gets_credentials() -> None:
     assert request.headers["authorization"] == "Basic " + _b64("u", "p")
 
 
-async def test_same_host_other_port_http_realm_gets_no_credentials() -> None:
+async def test_same_host_other_port_http_realm_gets_credentials() -> None:
     server = TokenServer()
     registry = "http://127.0.0.1:5000"
     challenge = 'Bearer realm="http://127.0.0.1:5001/token",service="local"'
+    await _challenged(server, creds=Credentials("u", "p"), registry=registry, challenge=challenge)
+    [request] = server.requests
+    assert request.headers["authorization"].startswith("Basic ")
+
+
+async def test_other_host_http_realm_gets_no_credentials() -> None:
+    server = TokenServer()
+    registry = "http://127.0.0.1:5000"
+    challenge = 'Bearer realm="http://127.0.0.2:5000/token",service="local"'
     await _challenged(server, creds=Credentials("u", "p"), registry=registry, challenge=challenge)
     [request] = server.requests
     assert "authorization" not in request.headers
