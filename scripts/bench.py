@@ -391,11 +391,15 @@ class Bench:
             yield RegfsMount(path, proc, log_path)
         finally:
             if is_mounted(path):
-                subprocess.run(["fusermount3", "-u", str(path)], capture_output=True, check=False)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                stop_pid(proc)
+                result = subprocess.run(
+                    ["fusermount3", "-u", str(path)], capture_output=True, text=True, check=False
+                )
+                if result.returncode == 0:  # then regfs exits by itself
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        proc.wait(timeout=30)
+                else:
+                    log(f"fusermount3 -u {path}: {result.stderr.strip()}; stopping regfs by pid")
+            stop_pid(proc)  # regfs unmounts itself on SIGTERM; not mounted yet: it just exits
             force_unmount(path)
 
     @contextlib.contextmanager
@@ -840,4 +844,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # everything is unmounted and stopped by now
+        log("interrupted")
+        sys.exit(130)
