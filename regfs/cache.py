@@ -532,12 +532,15 @@ class BlockCache:
     def _read_ahead(
         self, blob: BlobRef, stream: ReadStream, offset: int, end: int, last: int
     ) -> None:
+        # The window grows by twice the bytes read in order, not per request: the kernel splits
+        # one read (the first MiB, a random 1 MiB pread) into several in-order requests, and
+        # that is not yet a stream. Readahead starts once a whole block was read in order.
         if offset == stream.next_offset:
-            stream.window = min(self.readahead_bytes, max(2 * self.block_size, stream.window * 2))
+            stream.window = min(self.readahead_bytes, stream.window + 2 * (end - offset))
         else:
             stream.window = 0
         stream.next_offset = end
-        if stream.window == 0 or blob.source is None or self.offline:
+        if stream.window < 2 * self.block_size or blob.source is None or self.offline:
             return
         state = self._state(blob)
         stop = min(self.blocks(blob.size), last + 1 + stream.window // self.block_size)

@@ -29,11 +29,14 @@ import sys
 import tarfile
 import tempfile
 import time
+import urllib.parse
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -172,6 +175,30 @@ def _big_manifest(config: bytes, big: LayerFile) -> bytes:
     return _manifest(config, [{"mediaType": DOCKER_LAYER, "size": big.size, "digest": big.digest}])
 
 
+def upload_file(client: httpx.Client, repo: str, layer: LayerFile) -> None:
+    """push_blob, streaming from the file: httpcore sends a bytes body by re-slicing what is
+    left after every send(), which is quadratic (a 1 GiB push_blob crawls at ~8 MiB/s)."""
+    if client.head(f"/v2/{repo}/blobs/{layer.digest}").status_code == 200:
+        return
+    start = client.post(f"/v2/{repo}/blobs/uploads/")
+    start.raise_for_status()
+    location = urllib.parse.urljoin(str(start.request.url), start.headers["Location"])
+    separator = "&" if "?" in location else "?"
+
+    def chunks() -> Iterator[bytes]:
+        with open(layer.path, "rb") as source:
+            while chunk := source.read(MiB):
+                yield chunk
+
+    put = client.put(
+        f"{location}{separator}digest={urllib.parse.quote(layer.digest)}",
+        content=chunks(),
+        headers={"Content-Type": "application/octet-stream", "Content-Length": str(layer.size)},
+        timeout=600,
+    )
+    put.raise_for_status()
+
+
 def publish_big(registry: RegistryServer, world: World) -> None:
     """Push the 1 GiB image unless the kept registry storage has it already."""
     with registry_client(registry.url) as client:
@@ -181,7 +208,7 @@ def publish_big(registry: RegistryServer, world: World) -> None:
         log(f"registry: pushing {world.big.size / MiB:.0f} MiB layer")
         started = time.monotonic()
         push_blob(client, BIG_REPO, world.big_config)
-        push_blob(client, BIG_REPO, Path(world.big.path).read_bytes())
+        upload_file(client, BIG_REPO, world.big)
         put_manifest(client, BIG_REPO, TAG, world.big_manifest, DOCKER_MANIFEST)
         log(f"registry: pushed in {time.monotonic() - started:.1f} s")
 
