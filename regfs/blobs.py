@@ -230,10 +230,13 @@ class BlobSource:
                     chunk = chunk[: end - position]
                     await sink(chunk)
                     position += len(chunk)
-                    if position >= end:
-                        return
+                    if position >= end and response.status_code != 206:
+                        return  # the rest of a whole body we did not ask for
             except httpx.HTTPError as exc:
                 raise transport_error(exc, what) from exc
+            # A 206 is read to its end, so its connection goes back to the pool for reuse.
+            if position >= end:
+                return
             raise TransientError(f"{what}: connection closed at {position} of range {start}-{end}")
 
     def _check_range(self, response: httpx.Response, start: int, end: int, what: str) -> int:
