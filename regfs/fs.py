@@ -28,7 +28,7 @@ from .errors import (
     RegfsError,
     TransientError,
 )
-from .tree import Dir, File, Node, Tree
+from .tree import Dir, Node, Tree
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -111,14 +111,20 @@ class Operations(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, ctx: Any = None
     ) -> pyfuse3.EntryAttributes:
         text = _name(name)
-        node = await self._guard(f"lookup {text!r}", lambda: self.tree.lookup(parent_inode, text))
-        return self.attrs(node)
+
+        async def looked_up() -> pyfuse3.EntryAttributes:
+            return self.attrs(await self.tree.lookup(parent_inode, text))
+
+        return await self._guard(f"lookup {text!r}", looked_up)
 
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
         try:
             return self.attrs(self.tree.node(inode))
         except NotFoundError:
             raise pyfuse3.FUSEError(errno.ENOENT) from None
+        except Exception:  # only FUSEError may leave a handler
+            log.exception("getattr %d: unexpected error", inode)
+            raise pyfuse3.FUSEError(errno.EIO) from None
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for inode, count in inode_list:
@@ -134,11 +140,14 @@ class Operations(pyfuse3.Operations):
         return inode
 
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
-        children = await self._guard(f"readdir {fh}", lambda: self.tree.listdir(fh))
-        # Offsets are positions in a list sorted by name, stable across calls.
-        ordered = sorted(children, key=lambda n: n.name)
-        for position, child in enumerate(ordered[start_id:], start=start_id + 1):
-            if not pyfuse3.readdir_reply(token, child.name.encode(), self.attrs(child), position):
+        async def listed() -> list[tuple[Node, pyfuse3.EntryAttributes]]:
+            # Offsets are positions in a list sorted by name, stable across calls.
+            ordered = sorted(await self.tree.listdir(fh), key=lambda n: n.name)
+            return [(child, self.attrs(child)) for child in ordered[start_id:]]
+
+        entries = await self._guard(f"readdir {fh}", listed)
+        for position, (child, attrs) in enumerate(entries, start=start_id + 1):
+            if not pyfuse3.readdir_reply(token, child.name.encode(), attrs, position):
                 return
             self.tree.remember(child)
 
@@ -148,12 +157,15 @@ class Operations(pyfuse3.Operations):
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC):
             raise pyfuse3.FUSEError(errno.EROFS)
-        fh, node = await self._guard("open", lambda: self.tree.open(inode))
-        info = pyfuse3.FileInfo(fh=fh)
-        assert isinstance(node, File)
-        info.direct_io = node.direct_io
-        info.keep_cache = node.keep_cache()
-        return info
+
+        async def opened() -> pyfuse3.FileInfo:
+            fh, node = await self.tree.open(inode)
+            info = pyfuse3.FileInfo(fh=fh)
+            info.direct_io = node.direct_io
+            info.keep_cache = node.keep_cache()
+            return info
+
+        return await self._guard("open", opened)
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
         # A read that runs out of time is EIO: a short read would look like end of file.
