@@ -417,9 +417,12 @@ class BlockCache:
                     raise flight.error
                 continue
             if self.disk is not None:
+                generation = self.states.get(blob.digest)
                 data = await trio.to_thread.run_sync(
                     self.disk.read_block, blob.digest, index, blob.registry
                 )
+                if self.states.get(blob.digest) is not generation:
+                    continue  # purged while we read: the file may be from the failed attempt
                 if data is not None and len(data) == self._block_length(blob, index):
                     self.stats.disk_hits += 1
                     self.memory[key] = data
@@ -483,7 +486,16 @@ class BlockCache:
                 data, rest = joined[:length], joined[length:]
                 pending[:] = [rest] if rest else []
                 pending_bytes = len(rest)
-                await self._store(blob, index, data)
+                # A purge (digest mismatch) since this run began: its bytes belong to the
+                # failed attempt and must not outlive it; the waiters fetch afresh.
+                if self.states.get(blob.digest) is state:
+                    await self._store(blob, index, data)
+                    if self.states.get(blob.digest) is not state:  # purged while we wrote
+                        self.memory.pop((blob.digest, index), None)
+                        if self.disk is not None:
+                            await trio.to_thread.run_sync(
+                                self.disk.purge, blob.digest, blob.registry
+                            )
                 self._land(blob.digest, index, flights[index], None)
                 index += 1
                 await self._hash_in_order(blob)
@@ -512,7 +524,14 @@ class BlockCache:
             flight.done.set()
 
     async def _store(self, blob: BlobRef, index: int, data: bytes) -> None:
-        self.memory[(blob.digest, index)] = data
+        # Memory last: a block counts as cached (and the blob may be verified and promoted)
+        # only once its disk write is done, or that write lands in pending after the promote.
+        try:
+            await self._store_on_disk(blob, index, data)
+        finally:
+            self.memory[(blob.digest, index)] = data
+
+    async def _store_on_disk(self, blob: BlobRef, index: int, data: bytes) -> None:
         if self.disk is not None:
             try:
                 await trio.to_thread.run_sync(
@@ -559,6 +578,8 @@ class BlockCache:
         """Feed the blob's blocks to its hasher in order, as far as they are at hand."""
         total = self.blocks(blob.size)
         async with state.lock:
+            if self.states.get(blob.digest) is not state:
+                return  # judged (and purged) while we waited for the lock: judge it once
             while not state.verified and state.hashed_blocks < total:
                 index = state.hashed_blocks
                 data = self.memory.get((blob.digest, index))
@@ -614,8 +635,11 @@ class BlockCache:
         for key in [k for k in self.memory if k[0] == digest]:
             self.memory.pop(key, None)
         if self.disk is not None:
-            await trio.to_thread.run_sync(self.disk.purge, digest, registry)
+            # Not in a thread: no other task may see the failed attempt's files half-removed
+            # (rare: only after a digest mismatch).
+            self.disk.purge(digest, registry)
         self.states.pop(digest, None)
+        await trio.lowlevel.checkpoint()
 
     # -- whole small blobs (configs) ----------------------------------------------------
 

@@ -1,0 +1,502 @@
+"""regfs.cache: the block cache over a fake Source, and the disk tier on its own."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from regfs.cache import BlobRef, BlockCache, DiskCache, ReadStream, read_checked, write_atomic
+from regfs.errors import IntegrityError, OfflineError, TransientError
+from tests.fixtures.images import random_bytes
+
+BLOCK = 16
+DATA = random_bytes(100, seed=1)  # 7 blocks: six of 16 bytes and one of 4
+DIGEST = "sha256:" + hashlib.sha256(DATA).hexdigest()
+OTHER = random_bytes(100, seed=2)
+OTHER_DIGEST = "sha256:" + hashlib.sha256(OTHER).hexdigest()
+
+Sink = Callable[[bytes], Awaitable[None]]
+
+
+class FakeSource:
+    """Serves `data` (as if it were the blob), in odd-sized chunks, recording each range."""
+
+    def __init__(self, data: bytes = DATA, *, chunk: int = 7) -> None:
+        self.data = data
+        self.chunk = chunk
+        self.calls: list[tuple[int, int]] = []
+        self.started = trio.Event()
+        self.gate: trio.Event | None = None  # when set, fetches wait for it
+        self.error: Exception | None = None
+
+    async def fetch(self, start: int, end: int, sink: Sink) -> None:
+        self.calls.append((start, end))
+        self.started.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.error is not None:
+            raise self.error
+        for at in range(start, end, self.chunk):
+            await sink(self.data[at : min(end, at + self.chunk)])
+
+
+def corrupted(data: bytes, at: int) -> bytes:
+    return data[:at] + bytes([data[at] ^ 0x01]) + data[at + 1 :]
+
+
+def blob(source: FakeSource | None, registry: str = "reg-a", digest: str = DIGEST) -> BlobRef:
+    return BlobRef(digest, len(DATA), registry, source)
+
+
+def make_cache(disk: DiskCache | None = None, **kwargs: object) -> BlockCache:
+    return BlockCache(disk=disk, block_size=BLOCK, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def disk(tmp_path: Path) -> DiskCache:
+    return DiskCache(tmp_path / "cache", max_bytes=1 << 30)
+
+
+def fetched_once_each(calls: list[tuple[int, int]], size: int = len(DATA)) -> bool:
+    """The ranges cover [0, size) with no byte fetched twice."""
+    position = 0
+    for start, end in sorted(calls):
+        if start != position:
+            return False
+        position = end
+    return position == size
+
+
+def memory_keys(cache: BlockCache, digest: str = DIGEST) -> list[tuple[str, int]]:
+    return [k for k in cache.memory if k[0] == digest]
+
+
+# --------------------------------------------------------------------------------------------
+# reads
+
+
+@pytest.mark.parametrize("with_disk", [False, True])
+async def test_reads_at_odd_offsets(disk: DiskCache, with_disk: bool) -> None:
+    source = FakeSource()
+    cache = make_cache(disk if with_disk else None)
+    ref = blob(source)
+    async with cache.running():
+        for offset, size in [(5, 30), (15, 2), (16, 16), (31, 1), (0, 1), (17, 70), (47, 50)]:
+            assert await cache.read(ref, offset, size) == DATA[offset : offset + size]
+        assert await cache.read(ref, 0, 100) == DATA
+
+
+async def test_end_of_file() -> None:
+    source = FakeSource()
+    cache = make_cache()
+    ref = blob(source)
+    async with cache.running():
+        assert await cache.read(ref, 95, 100) == DATA[95:]  # short only at the end
+        assert await cache.read(ref, 99, 1) == DATA[99:]
+        assert await cache.read(ref, 100, 10) == b""
+        assert await cache.read(ref, 1000, 10) == b""
+        assert await cache.read(ref, 10, 0) == b""
+    assert all(end <= len(DATA) for _, end in source.calls)
+
+
+async def test_empty_blob() -> None:
+    empty = BlobRef("sha256:" + hashlib.sha256(b"").hexdigest(), 0, "reg-a", FakeSource(b""))
+    cache = make_cache()
+    async with cache.running():
+        assert await cache.read(empty, 0, 10) == b""
+
+
+async def test_cached_blocks_are_not_fetched_again(disk: DiskCache) -> None:
+    source = FakeSource()
+    cache = make_cache(disk)
+    ref = blob(source)
+    async with cache.running():
+        await cache.read(ref, 20, 5)
+        await cache.read(ref, 18, 10)
+        await cache.read(ref, 16, 16)
+    assert source.calls == [(16, 32)]
+    assert cache.stats.misses == 1
+
+
+async def test_single_flight() -> None:
+    source = FakeSource()
+    source.gate = trio.Event()
+    cache = make_cache()
+    ref = blob(source)
+    results: list[bytes] = []
+
+    async def reader(offset: int) -> None:
+        results.append(await cache.read(ref, offset, 3))
+
+    async with cache.running(), trio.open_nursery() as nursery:
+        for i in range(10):
+            nursery.start_soon(reader, 32 + i)
+        await source.started.wait()
+        await trio.testing.wait_all_tasks_blocked()  # every reader waits on the one fetch
+        assert len(source.calls) == 1
+        source.gate.set()
+    assert source.calls == [(32, 48)]
+    assert sorted(results) == sorted(DATA[32 + i : 35 + i] for i in range(10))
+
+
+async def test_fetch_error_reaches_every_waiter_then_retries() -> None:
+    source = FakeSource()
+    source.gate = trio.Event()
+    source.error = TransientError("registry down")
+    cache = make_cache()
+    ref = blob(source)
+    errors: list[BaseException] = []
+
+    async def reader() -> None:
+        try:
+            await cache.read(ref, 40, 4)
+        except TransientError as exc:
+            errors.append(exc)
+
+    async with cache.running():
+        async with trio.open_nursery() as nursery:
+            for _ in range(5):
+                nursery.start_soon(reader)
+            await source.started.wait()
+            await trio.testing.wait_all_tasks_blocked()
+            source.gate.set()
+        assert len(errors) == 5
+        assert len(source.calls) == 1
+        assert cache.in_flight() == 0
+        source.error = None
+        assert await cache.read(ref, 40, 4) == DATA[40:44]
+    assert len(source.calls) == 2
+
+
+async def test_readahead_for_sequential_reads() -> None:
+    source = FakeSource()
+    cache = make_cache(readahead_bytes=64)
+    ref = blob(source)
+    stream = ReadStream()
+    async with cache.running():
+        assert await cache.read(ref, 0, BLOCK, stream) == DATA[:BLOCK]
+        # The first sequential read already asked for the next blocks in the background.
+        assert any(start >= BLOCK for start, _ in source.calls)
+        for offset in range(BLOCK, len(DATA), BLOCK):
+            assert await cache.read(ref, offset, BLOCK, stream) == DATA[offset : offset + BLOCK]
+    assert fetched_once_each(source.calls)
+    assert cache.stats.misses < cache.blocks(len(DATA))  # some blocks were there in time
+
+
+async def test_no_readahead_for_random_reads() -> None:
+    source = FakeSource()
+    cache = make_cache(readahead_bytes=64)
+    ref = blob(source)
+    stream = ReadStream()
+    async with cache.running():
+        await cache.read(ref, 70, 3, stream)
+        await cache.read(ref, 20, 3, stream)
+        await cache.read(ref, 50, 3, stream)
+    assert sorted(source.calls) == [(16, 32), (48, 64), (64, 80)]
+
+
+# --------------------------------------------------------------------------------------------
+# verification
+
+
+async def test_whole_read_verifies_and_promotes(disk: DiskCache) -> None:
+    source = FakeSource()
+    cache = make_cache(disk)
+    ref = blob(source)
+    async with cache.running():
+        assert not cache.is_verified(DIGEST)
+        assert await cache.read(ref, 0, 60) == DATA[:60]
+        assert not cache.is_verified(DIGEST)
+        assert disk.pending_dir(DIGEST, "reg-a").is_dir()
+        assert await cache.read(ref, 60, 40) == DATA[60:]
+        assert cache.is_verified(DIGEST)
+    assert cache.stats.verified == 1
+    assert disk.is_verified(DIGEST)
+    pending = disk.pending_dir(DIGEST, "reg-a")
+    assert not pending.exists(), sorted(p.name for p in pending.iterdir())
+    for index in range(cache.blocks(len(DATA))):
+        assert (
+            disk.read_block(DIGEST, index, "some-other-registry")
+            == DATA[index * BLOCK : (index + 1) * BLOCK]
+        )
+
+
+async def test_read_all(disk: DiskCache) -> None:
+    cache = make_cache(disk)
+    async with cache.running():
+        assert await cache.read_all(blob(FakeSource())) == DATA
+    assert disk.is_verified(DIGEST)
+
+
+def blocks_of(calls: list[tuple[int, int]]) -> set[int]:
+    return {i for start, end in calls for i in range(start // BLOCK, (end - 1) // BLOCK + 1)}
+
+
+def assert_purged(cache: BlockCache, disk: DiskCache | None, refetched: set[int]) -> None:
+    """Nothing of the failed attempt is left: only blocks fetched again since may be cached."""
+    assert {index for _, index in memory_keys(cache)} <= refetched
+    assert not cache.is_verified(DIGEST)
+    if disk is not None:
+        assert not disk.verified_dir(DIGEST).exists()
+        pending = disk.pending_dir(DIGEST, "reg-a")
+        on_disk = (
+            {int(p.name) for p in pending.iterdir() if p.name.isdigit()}
+            if pending.exists()
+            else set()
+        )
+        assert on_disk <= refetched
+
+
+@pytest.mark.parametrize("with_disk", [False, True])
+@pytest.mark.parametrize("bad_byte", [0, 50, 99])
+async def test_wrong_bytes_fail_the_last_read_of_a_sequential_read(
+    disk: DiskCache, with_disk: bool, bad_byte: int
+) -> None:
+    store = disk if with_disk else None
+    source = FakeSource(corrupted(DATA, bad_byte))
+    cache = make_cache(store)
+    ref = blob(source)
+    async with cache.running():
+        for offset in range(0, len(DATA) - BLOCK, BLOCK):
+            await cache.read(ref, offset, BLOCK)  # not yet known to be wrong
+        assert len(source.calls) == 6
+        with pytest.raises(IntegrityError):
+            await cache.read(ref, 96, BLOCK)
+        await trio.testing.wait_all_tasks_blocked()
+        # The failing read may have asked again for its own block, as a new attempt.
+        assert_purged(cache, store, refetched=blocks_of(source.calls[7:]))
+        source.data = DATA
+        assert await cache.read_all(ref) == DATA
+    assert cache.stats.failed == 1
+    assert cache.stats.verified == 1
+
+
+@pytest.mark.parametrize("with_disk", [False, True])
+@pytest.mark.parametrize("readahead", [False, True])
+async def test_wrong_bytes_fail_a_whole_file_read(
+    disk: DiskCache, with_disk: bool, readahead: bool
+) -> None:
+    store = disk if with_disk else None
+    source = FakeSource(corrupted(DATA, 33))
+    cache = make_cache(store, readahead_bytes=64, request_bytes=BLOCK)
+    ref = blob(source)
+    stream = ReadStream() if readahead else None
+    async with cache.running():
+        with pytest.raises(IntegrityError):
+            for offset in range(0, len(DATA), 10):
+                await cache.read(ref, offset, 10, stream)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not cache.is_verified(DIGEST)
+        assert cache.stats.failed >= 1
+        with pytest.raises(IntegrityError):
+            await cache.read_all(ref)
+        # Once the source serves the right bytes, the blob reads and verifies: a block of
+        # the broken source fetched again after the purge is at worst caught once more.
+        source.data = DATA
+        try:
+            data = await cache.read_all(ref)
+        except IntegrityError:
+            data = await cache.read_all(ref)
+        assert data == DATA
+        assert cache.is_verified(DIGEST)
+
+
+async def test_wrong_bytes_in_one_big_read(disk: DiskCache) -> None:
+    source = FakeSource(corrupted(DATA, 70))
+    cache = make_cache(disk)
+    ref = blob(source)
+    async with cache.running():
+        with pytest.raises(IntegrityError):
+            await cache.read(ref, 0, len(DATA))
+        await trio.testing.wait_all_tasks_blocked()
+        assert_purged(cache, disk, refetched=blocks_of(source.calls[1:]))
+
+
+# --------------------------------------------------------------------------------------------
+# the disk tier
+
+
+def test_write_atomic_and_read_checked(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "block"
+    write_atomic(path, b"hello", trailer=True)
+    assert read_checked(path) == b"hello"
+    assert [p.name for p in path.parent.iterdir()] == ["block"]  # no temporary left
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["flip-data", "flip-trailer", "truncate", "truncate-to-trailer", "empty", "append"],
+)
+def test_crc_trailer_detects_damage(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "block"
+    write_atomic(path, DATA, trailer=True)
+    raw = bytearray(path.read_bytes())
+    if damage == "flip-data":
+        raw[10] ^= 0x04
+    elif damage == "flip-trailer":
+        raw[-1] ^= 0x80
+    elif damage == "truncate":
+        raw = raw[:-1]
+    elif damage == "truncate-to-trailer":
+        raw = raw[-12:]
+    elif damage == "empty":
+        raw = bytearray()
+    elif damage == "append":
+        raw += b"\0"
+    path.write_bytes(bytes(raw))
+    assert read_checked(path) is None
+    assert not path.exists()  # removed, so it is fetched again
+
+
+async def test_damaged_disk_block_is_refetched(disk: DiskCache) -> None:
+    first = make_cache(disk)
+    async with first.running():
+        await first.read_all(blob(FakeSource()))
+    block_file = disk.verified_dir(DIGEST) / "2"
+    raw = bytearray(block_file.read_bytes())
+    raw[3] ^= 0x10
+    block_file.write_bytes(bytes(raw))
+
+    source = FakeSource()
+    second = make_cache(disk)  # a new mount: empty memory
+    async with second.running():
+        assert await second.read(blob(source), 0, len(DATA)) == DATA
+    assert source.calls == [(32, 48)]
+    assert read_checked(block_file) == DATA[32:48]
+
+
+async def test_unverified_blocks_stay_with_their_registry(disk: DiskCache) -> None:
+    source_a = FakeSource()
+    cache_a = make_cache(disk)
+    async with cache_a.running():
+        await cache_a.read(blob(source_a, "reg-a"), 0, 40)  # blocks 0-2, not verified
+
+    source_b = FakeSource()
+    cache_b = make_cache(disk)
+    async with cache_b.running():
+        assert await cache_b.read(blob(source_b, "reg-b"), 0, 40) == DATA[:40]
+    assert source_b.calls == [(0, 48)]  # registry B did not see A's unverified blocks
+
+    source_a2 = FakeSource()
+    cache_a2 = make_cache(disk)
+    async with cache_a2.running():
+        assert await cache_a2.read_all(blob(source_a2, "reg-a")) == DATA
+    assert source_a2.calls == [(48, 100)]  # A's own pending blocks served A
+
+    source_c = FakeSource()
+    cache_c = make_cache(disk)
+    async with cache_c.running():
+        assert await cache_c.read_all(blob(source_c, "reg-c")) == DATA
+    assert source_c.calls == []  # verified blocks serve every registry
+
+
+def test_disk_pending_per_registry(disk: DiskCache) -> None:
+    disk.write_block(DIGEST, 0, "reg-a", DATA[:BLOCK])
+    assert disk.read_block(DIGEST, 0, "reg-a") == DATA[:BLOCK]
+    assert disk.read_block(DIGEST, 0, "reg-b") is None
+    assert not disk.has_block(DIGEST, 0, "reg-b")
+    disk.promote(DIGEST, "reg-a")
+    assert disk.is_verified(DIGEST)
+    assert disk.read_block(DIGEST, 0, "reg-b") == DATA[:BLOCK]
+    assert not disk.pending_dir(DIGEST, "reg-a").exists()
+    disk.purge(DIGEST)
+    assert disk.read_block(DIGEST, 0, "reg-a") is None
+    assert not disk.is_verified(DIGEST)
+
+
+def test_registry_names_cannot_escape_the_cache(disk: DiskCache) -> None:
+    disk.write_block(DIGEST, 0, "../../evil", DATA[:BLOCK])
+    assert disk.pending_dir(DIGEST, "../../evil").is_relative_to(disk.root / "pending")
+    assert disk.read_block(DIGEST, 0, "../../evil") == DATA[:BLOCK]
+    with pytest.raises(ValueError):
+        disk.verified_dir("sha256:../../etc")
+
+
+async def test_offline_reads_only_the_cache(disk: DiskCache) -> None:
+    cache = make_cache(disk)
+    async with cache.running():
+        await cache.read(blob(FakeSource()), 0, 20)  # blocks 0 and 1
+    offline = make_cache(disk, offline=True)
+    async with offline.running():
+        assert await offline.read(blob(None), 0, 32) == DATA[:32]
+        with pytest.raises(OfflineError):
+            await offline.read(blob(None), 32, 1)
+
+
+def _fill(disk: DiskCache, digest: str, when: float, blocks: int = 3) -> None:
+    for index in range(blocks):
+        disk.write_block(digest, index, "reg-a", b"x" * 1000)
+    disk.promote(digest, "reg-a")
+    directory = disk.verified_dir(digest)
+    for entry in [*directory.iterdir(), directory]:
+        os.utime(entry, (when, when))
+
+
+def test_evict_keeps_under_limit_least_recently_used_first(disk: DiskCache) -> None:
+    digests = ["sha256:" + hashlib.sha256(bytes([i])).hexdigest() for i in range(4)]
+    for age, digest in enumerate(digests):
+        _fill(disk, digest, when=1_000_000 + age * 100)
+    per_blob = disk.usage() // 4
+    assert per_blob > 3000
+
+    removed = disk.evict(max_bytes=2 * per_blob + 10)
+    assert removed == 2 * per_blob
+    assert disk.usage() <= 2 * per_blob + 10
+    assert [disk.is_verified(d) for d in digests] == [False, False, True, True]
+
+    # A newer use of the older survivor makes the other one the next to go.
+    directory = disk.verified_dir(digests[2])
+    os.utime(directory, (2_000_000, 2_000_000))
+    disk.evict(max_bytes=per_blob)
+    assert [disk.is_verified(d) for d in digests] == [False, False, True, False]
+    disk.evict(max_bytes=0)
+    assert disk.usage() == 0
+
+
+def test_evict_counts_pending_blobs(disk: DiskCache) -> None:
+    disk.write_block(DIGEST, 0, "reg-a", b"x" * 5000)
+    assert disk.usage() >= 5000
+    disk.evict(max_bytes=100)
+    assert disk.usage() == 0
+    assert disk.read_block(DIGEST, 0, "reg-a") is None
+
+
+def test_documents_roundtrip(disk: DiskCache) -> None:
+    assert disk.get_document(DIGEST) is None
+    disk.put_document(DIGEST, b'{"schemaVersion": 2}')
+    assert disk.get_document(DIGEST) == b'{"schemaVersion": 2}'
+    path = disk.root / "documents" / "sha256" / DIGEST.split(":")[1]
+    raw = bytearray(path.read_bytes())
+    raw[0] ^= 1
+    path.write_bytes(bytes(raw))
+    assert disk.get_document(DIGEST) is None
+
+
+def test_tags_roundtrip(disk: DiskCache) -> None:
+    assert disk.get_tag("reg-a", "library/hello", "latest") is None
+    disk.put_tag("reg-a", "library/hello", "latest", DIGEST)
+    disk.put_tag("reg-a", "library/hello", "v1", OTHER_DIGEST)
+    disk.put_tag("reg-a", "team/project/tool", "3", DIGEST)
+    disk.put_tag("reg-b", "other", "x", DIGEST)
+    assert disk.get_tag("reg-a", "library/hello", "latest") == DIGEST
+    assert disk.get_tag("reg-a", "library/hello", "v1") == OTHER_DIGEST
+    assert disk.get_tag("reg-b", "library/hello", "latest") is None
+    disk.put_tag("reg-a", "library/hello", "latest", OTHER_DIGEST)  # tags move
+    assert disk.get_tag("reg-a", "library/hello", "latest") == OTHER_DIGEST
+    assert disk.cached_tags("reg-a", "library/hello") == ["latest", "v1"]
+    assert disk.cached_tags("reg-a", "nothing") == []
+    assert disk.cached_repos("reg-a") == ["library/hello", "team/project/tool"]
+    assert disk.cached_repos("reg-b") == ["other"]
+    assert disk.cached_repos("reg-z") == []
+
+
+def test_tag_file_holding_junk_is_ignored(disk: DiskCache) -> None:
+    path = disk._tag_path("reg-a", "repo", "latest")
+    write_atomic(path, b"not a digest", trailer=True)
+    assert disk.get_tag("reg-a", "repo", "latest") is None
