@@ -16,6 +16,7 @@ from __future__ import annotations
 import bisect
 import json
 import tarfile
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -170,6 +171,9 @@ class SegmentedFile(File):
         self._starts = [s.offset for s in self.segments]
         last = self.segments[-1] if self.segments else None
         self._size = last.offset + last.size if last else 0
+        # Per open handle (its stream, by id while it lives), one stream per blob: the cache
+        # keeps per-blob state in it (failed verifications seen by this handle).
+        self._blob_streams: dict[int, dict[str, ReadStream]] = {}
 
     @property
     def size(self) -> int:
@@ -177,6 +181,13 @@ class SegmentedFile(File):
 
     def keep_cache(self) -> bool:
         return all(s.blob.keep_cache() for s in self.segments if s.blob is not None)
+
+    def _blob_stream(self, stream: ReadStream, blob: BlobFile) -> ReadStream:
+        streams = self._blob_streams.get(id(stream))
+        if streams is None:
+            streams = self._blob_streams[id(stream)] = {}
+            weakref.finalize(stream, self._blob_streams.pop, id(stream), None)
+        return streams.setdefault(blob.blob.digest, ReadStream())
 
     async def read(self, offset: int, size: int, stream: ReadStream | None) -> bytes:
         end = min(offset + size, self._size)
@@ -194,7 +205,10 @@ class SegmentedFile(File):
             start = position - segment.offset
             length = min(end, segment.offset + segment.size) - position
             if segment.blob is not None:
-                local = None if stream is None else ReadStream(start if sequential else -1, window)
+                local = None if stream is None else self._blob_stream(stream, segment.blob)
+                if local is not None:
+                    local.next_offset = start if sequential else -1
+                    local.window = window
                 data = await segment.blob.read(start, length, local)
                 if len(data) != length:  # the blob is shorter than its descriptor says
                     raise IntegrityError(

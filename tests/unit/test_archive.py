@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import io
 import json
@@ -314,3 +315,21 @@ def test_long_names_get_a_pax_header() -> None:
         assert tar.getnames() == [name]
         f = tar.extractfile(name)
         assert f is not None and f.read() == b"data"
+
+
+async def test_each_handle_keeps_one_stream_per_blob(world: tuple[Context, Recorder]) -> None:
+    # The cache keeps per-blob state in a handle's stream (failed verifications it has seen):
+    # it must outlive one read, and go with the handle.
+    ctx, _ = world
+    tar_file, _ = nodes(ctx, manifest())
+    big = next(s for s in tar_file.segments if s.blob is not None and s.size == len(BIG))
+    stream = ReadStream()
+    await tar_file.read(big.offset, 100, stream)
+    assert big.blob is not None
+    local = tar_file._blob_stream(stream, big.blob)
+    await tar_file.read(big.offset + 5000, 100, stream)
+    assert tar_file._blob_stream(stream, big.blob) is local
+    assert tar_file._blob_stream(ReadStream(), big.blob) is not local
+    del stream, local
+    gc.collect()
+    assert tar_file._blob_streams == {}
