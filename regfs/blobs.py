@@ -109,6 +109,7 @@ class BlobSource:
             None  # remembered CDN URL, re-resolved on 401/403/404
         )
         self.floor = bytes_per_second_floor
+        self.allowance = 60.0  # seconds every attempt gets on top of the floor rate
 
     def places(self) -> list[_Place]:
         path = f"/v2/{self.repo}/blobs/{self.digest}"
@@ -136,11 +137,18 @@ class BlobSource:
 
             try:
                 # A drip-feed must end: allow a floor rate on top of a fixed allowance.
-                with trio.fail_after(60 + (end - position) / self.floor):
+                with trio.fail_after(self.allowance + (end - position) / self.floor):
                     await self._fetch_from_places(position, end, counted)
             except trio.TooSlowError as exc:
                 if position == before:
                     raise TransientError(f"blob {self.digest}: no progress") from exc
+                # Below the floor rate counts as no progress, or a drip would never end.
+                attempts_without_progress += 1
+                if attempts_without_progress >= policy.attempts:
+                    raise TransientError(
+                        f"blob {self.digest}: slower than {self.floor} bytes/s"
+                    ) from exc
+                log.info("blob %s: too slow; resuming at %d", self.digest[:19], position)
             except TransientError as exc:
                 self.client.stats.error(exc)
                 if position > before:

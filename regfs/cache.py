@@ -308,6 +308,10 @@ class ReadStream:
 
     next_offset: int = 0
     window: int = 0
+    # Failed verifications of the blob when this handle first read it: a handle that lived
+    # through a failure gets EIO from then on, so the kernel cannot re-read the purged part
+    # and complete a whole-file read with bytes that were never checked.
+    failures_seen: int | None = None
 
 
 class BlockCache:
@@ -334,6 +338,7 @@ class BlockCache:
         self.flights: dict[tuple[str, int], _Flight] = {}
         self.states: dict[str, _BlobState] = {}
         self.stats = CacheStats()
+        self.failures: dict[str, int] = {}  # digest -> failed verifications
         self._nursery: trio.Nursery | None = None
         self._touched: set[str] = set()  # blobs whose last use was recorded on disk
 
@@ -391,12 +396,18 @@ class BlockCache:
             return b""
         first, last = offset // self.block_size, (end - 1) // self.block_size
         if stream is not None:
+            if stream.failures_seen is None:
+                stream.failures_seen = self.failures.get(blob.digest, 0)
+            self._check_failures(blob, stream)
             self._read_ahead(blob, stream, offset, end, last)
         parts = []
         for index in range(first, last + 1):
             parts.append(await self.block(blob, index, want_through=last))
-        if last == self.blocks(blob.size) - 1:
-            await self.verify_if_complete(blob)
+        # Not only at the last block: the kernel reads in parallel and out of order, so the
+        # read that completes the blob may be any one; it must wait for the verdict.
+        await self.verify_if_complete(blob)
+        if stream is not None:
+            self._check_failures(blob, stream)
         base = first * self.block_size
         if len(parts) == 1:
             return parts[0][offset - base : end - base]
@@ -609,14 +620,20 @@ class BlockCache:
             return
         log.error("blob %s does not match its digest (got %s): purged", blob.digest, actual)
         self.stats.failed += 1
+        self.failures[blob.digest] = self.failures.get(blob.digest, 0) + 1
+        state.mismatch = True  # readers holding this state see it while the purge runs
         await self.purge(blob.digest, blob.registry)
         self.states[blob.digest] = _BlobState(
             state.algorithm, hashlib.new(state.algorithm), mismatch=True
         )
 
+    def _check_failures(self, blob: BlobRef, stream: ReadStream) -> None:
+        if self.failures.get(blob.digest, 0) > (stream.failures_seen or 0):
+            raise IntegrityError(f"blob {blob.digest} failed verification while open")
+
     async def verify_if_complete(self, blob: BlobRef) -> None:
-        """Called when a read reaches the last block: if every block has been read, check the
-        digest before that read returns, so a whole-file read never ends with wrong bytes."""
+        """Called by every read: if every block has been read, check the digest before that
+        read returns, so a whole-file read never ends with wrong bytes."""
         state = self._state(blob)
         if state.verified:
             return

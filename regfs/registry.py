@@ -137,7 +137,7 @@ def status_error(response: httpx.Response, what: str) -> RegistryError:
 def transport_error(exc: httpx.HTTPError, what: str) -> RegistryError:
     if isinstance(exc, httpx.UnsupportedProtocol):
         return ForbiddenURLError(f"{what}: {exc}")
-    if isinstance(exc, httpx.ConnectError) and "CERTIFICATE_VERIFY_FAILED" in str(exc):
+    if isinstance(exc, httpx.ConnectError) and _certificate_refused(exc):
         return AuthError(
             f"{what}: TLS certificate not trusted ({exc}); use --ca-cert or --insecure"
         )
@@ -146,6 +146,21 @@ def transport_error(exc: httpx.HTTPError, what: str) -> RegistryError:
     ):
         return ProtocolError(f"{what}: {exc}")
     return TransientError(f"{what}: {type(exc).__name__}: {exc}")
+
+
+def _certificate_refused(exc: BaseException) -> bool:
+    """Whether a connect failed on certificate verification. On trio the ssl error sits
+    a few causes deep and the ConnectError's own message is empty."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(
+            seen
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 # A check run on each hop of a redirect chain before connecting; raises ForbiddenURLError.
