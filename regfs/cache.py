@@ -395,6 +395,7 @@ class BlockCache:
         if offset >= end:
             return b""
         first, last = offset // self.block_size, (end - 1) // self.block_size
+        failures_before = self.failures.get(blob.digest, 0)
         if stream is not None:
             if stream.failures_seen is None:
                 stream.failures_seen = self.failures.get(blob.digest, 0)
@@ -406,6 +407,10 @@ class BlockCache:
         # Not only at the last block: the kernel reads in parallel and out of order, so the
         # read that completes the blob may be any one; it must wait for the verdict.
         await self.verify_if_complete(blob)
+        # Any read that overlapped a failed verification may hold purged bytes; reads that
+        # begin after it start clean (no flag left for whoever comes next).
+        if self.failures.get(blob.digest, 0) > failures_before:
+            raise IntegrityError(f"blob {blob.digest} does not match its digest")
         if stream is not None:
             self._check_failures(blob, stream)
         base = first * self.block_size
@@ -416,6 +421,7 @@ class BlockCache:
     async def block(self, blob: BlobRef, index: int, *, want_through: int | None = None) -> bytes:
         """One block, from memory, disk or the network (one fetch however many ask)."""
         key = (blob.digest, index)
+        failures_before = self.failures.get(blob.digest, 0)
         for _attempt in range(4):
             data = self.memory.get(key)
             if data is not None:
@@ -426,6 +432,10 @@ class BlockCache:
                 await flight.done.wait()
                 if flight.error is not None:
                     raise flight.error
+                if self.failures.get(blob.digest, 0) > failures_before:
+                    # The blob failed verification (and was purged) while we waited: fetching
+                    # the broken source again would only leave its bytes for the next reader.
+                    raise IntegrityError(f"blob {blob.digest} does not match its digest")
                 continue
             if self.disk is not None:
                 generation = self.states.get(blob.digest)
@@ -623,9 +633,7 @@ class BlockCache:
         self.failures[blob.digest] = self.failures.get(blob.digest, 0) + 1
         state.mismatch = True  # readers holding this state see it while the purge runs
         await self.purge(blob.digest, blob.registry)
-        self.states[blob.digest] = _BlobState(
-            state.algorithm, hashlib.new(state.algorithm), mismatch=True
-        )
+        self.states[blob.digest] = _BlobState(state.algorithm, hashlib.new(state.algorithm))
 
     def _check_failures(self, blob: BlobRef, stream: ReadStream) -> None:
         if self.failures.get(blob.digest, 0) > (stream.failures_seen or 0):
