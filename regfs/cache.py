@@ -308,6 +308,7 @@ class ReadStream:
 
     next_offset: int = 0
     window: int = 0
+    scheduled: int = 0  # readahead has looked at blocks below this index already
     # Failed verifications of the blob when this handle first read it: a handle that lived
     # through a failure gets EIO from then on, so the kernel cannot re-read the purged part
     # and complete a whole-file read with bytes that were never checked.
@@ -406,7 +407,7 @@ class BlockCache:
             parts.append(await self.block(blob, index, want_through=last))
         # Not only at the last block: the kernel reads in parallel and out of order, so the
         # read that completes the blob may be any one; it must wait for the verdict.
-        await self.verify_if_complete(blob)
+        await self.verify_if_complete(blob, reads_end=last == self.blocks(blob.size) - 1)
         # Any read that overlapped a failed verification may hold purged bytes; reads that
         # begin after it start clean (no flag left for whoever comes next).
         if self.failures.get(blob.digest, 0) > failures_before:
@@ -579,12 +580,15 @@ class BlockCache:
             stream.window = min(self.readahead_bytes, stream.window + 2 * (end - offset))
         else:
             stream.window = 0
+            stream.scheduled = 0
         stream.next_offset = end
         if stream.window < 2 * self.block_size or blob.source is None or self.offline:
             return
         state = self._state(blob)
         stop = min(self.blocks(blob.size), last + 1 + stream.window // self.block_size)
-        index = last + 1
+        # Start past what earlier reads of this stream already looked at: checking each block
+        # of the window again on every 128 KiB read cost two stat calls per block.
+        index = max(last + 1, stream.scheduled)
         while index < stop and state.background < self.max_background:
             if (blob.digest, index) in self.flights or self._cached(blob, index):
                 index += 1
@@ -592,6 +596,7 @@ class BlockCache:
             chunk_stop = min(stop, index + self.request_blocks)
             self._start_fetch(blob, index, chunk_stop, background=True)
             index = chunk_stop
+        stream.scheduled = index
 
     # -- verification -------------------------------------------------------------------
 
@@ -639,7 +644,7 @@ class BlockCache:
         if self.failures.get(blob.digest, 0) > (stream.failures_seen or 0):
             raise IntegrityError(f"blob {blob.digest} failed verification while open")
 
-    async def verify_if_complete(self, blob: BlobRef) -> None:
+    async def verify_if_complete(self, blob: BlobRef, *, reads_end: bool = True) -> None:
         """Called by every read: if every block has been read, check the digest before that
         read returns, so a whole-file read never ends with wrong bytes."""
         state = self._state(blob)
@@ -647,8 +652,14 @@ class BlockCache:
             return
         if not state.mismatch:
             total = self.blocks(blob.size)
-            # Hash what is at hand; a partial (random) reader does not pay for the rest.
-            if all(self._cached(blob, i) for i in range(state.hashed_blocks, total)):
+            # Hash what is at hand; a partial (random) reader does not pay for the rest. The
+            # fetch task hashes blocks as they land, so a blob whose next block to hash is
+            # not in memory is not complete yet (or was read in another mount): the full
+            # check, with its stat calls, runs only when the end of the blob is read then.
+            next_at_hand = (blob.digest, state.hashed_blocks) in self.memory
+            if (next_at_hand or reads_end) and all(
+                self._cached(blob, i) for i in range(state.hashed_blocks, total)
+            ):
                 await self._advance_hash(blob, state, fetch_missing=True)
             state = self._state(blob)
         if state.mismatch:
