@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import trio
 from cachetools import LRUCache
@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 _TRAILER = struct.Struct("<QI")  # length, CRC-32
 SIZE_FILE = "size"  # in a blob's directory: the blob's full size, as decimal text
 DEFAULT_BLOCK_SIZE = 4 << 20
+T = TypeVar("T")
 
 
 class Source(Protocol):
@@ -268,6 +269,17 @@ class DiskCache:
                 os.utime(directory)
 
 
+SMALL_BLOB = 256 * 1024
+
+
+async def blocking(small: bool, call: Callable[..., T], *args: Any) -> T:
+    """Run blocking disk or hashing work: inline for small blobs and documents (configs,
+    manifests), where a hop to a worker thread costs more than the work; else in a thread."""
+    if small:
+        return call(*args)
+    return await trio.to_thread.run_sync(call, *args)
+
+
 # -- the cache ---------------------------------------------------------------------------
 
 
@@ -440,8 +452,8 @@ class BlockCache:
                 continue
             if self.disk is not None:
                 generation = self.states.get(blob.digest)
-                data = await trio.to_thread.run_sync(
-                    self.disk.read_block, blob.digest, index, blob.registry
+                data = await blocking(
+                    blob.size <= SMALL_BLOB, self.disk.read_block, blob.digest, index, blob.registry
                 )
                 if self.states.get(blob.digest) is not generation:
                     continue  # purged while we read: the file may be from the failed attempt
@@ -450,7 +462,9 @@ class BlockCache:
                     self.memory[key] = data
                     if blob.digest not in self._touched:
                         self._touched.add(blob.digest)
-                        await trio.to_thread.run_sync(self.disk.touch, blob.digest, blob.registry)
+                        await blocking(
+                            blob.size <= SMALL_BLOB, self.disk.touch, blob.digest, blob.registry
+                        )
                     return data
                 if key in self.memory or key in self.flights:
                     continue  # someone else got there while we looked
@@ -556,8 +570,10 @@ class BlockCache:
     async def _store_on_disk(self, blob: BlobRef, index: int, data: bytes) -> None:
         if self.disk is not None:
             try:
-                await trio.to_thread.run_sync(
-                    self.disk.write_block, blob.digest, index, blob.registry, data, blob.size
+                await blocking(
+                    blob.size <= SMALL_BLOB,
+                    self.disk.write_block,
+                    *(blob.digest, index, blob.registry, data, blob.size),
                 )
             except OSError as exc:  # disk full, cache cleared under us: memory still serves
                 log.warning("block %d of %s not written to disk: %s", index, blob.digest[:19], exc)
@@ -610,8 +626,12 @@ class BlockCache:
                 index = state.hashed_blocks
                 data = self.memory.get((blob.digest, index))
                 if data is None and self.disk is not None:
-                    data = await trio.to_thread.run_sync(
-                        self.disk.read_block, blob.digest, index, blob.registry
+                    data = await blocking(
+                        blob.size <= SMALL_BLOB,
+                        self.disk.read_block,
+                        blob.digest,
+                        index,
+                        blob.registry,
                     )
                 if data is None:
                     if not fetch_missing:
@@ -619,7 +639,7 @@ class BlockCache:
                     data = await self.block(blob, index)
                 if len(data) != self._block_length(blob, index):
                     return
-                await trio.to_thread.run_sync(state.hasher.update, data)
+                await blocking(len(data) <= SMALL_BLOB, state.hasher.update, data)
                 state.hashed_blocks += 1
             if not state.verified and state.hashed_blocks == total:
                 await self._finish(blob, state)
@@ -630,7 +650,9 @@ class BlockCache:
             state.verified = True
             self.stats.verified += 1
             if self.disk is not None:
-                await trio.to_thread.run_sync(self.disk.promote, blob.digest, blob.registry)
+                await blocking(
+                    blob.size <= SMALL_BLOB, self.disk.promote, blob.digest, blob.registry
+                )
             log.debug("verified %s", blob.digest)
             return
         log.error("blob %s does not match its digest (got %s): purged", blob.digest, actual)

@@ -119,11 +119,9 @@ class Context:
             return mf.parse_document(raw, digest=digest)
         if self.disk is not None:
             disk = self.disk
-            await trio.to_thread.run_sync(disk.put_document, doc.digest, doc.raw)
+            disk.put_document(doc.digest, doc.raw)  # small files: inline, a thread hop costs more
             if not is_digest(reference):
-                await trio.to_thread.run_sync(
-                    disk.put_tag, self.registry, repo, reference, doc.digest
-                )
+                disk.put_tag(self.registry, repo, reference, doc.digest)
         return doc
 
     async def via_mirrors(self, call: Callable[[RegistryClient], Awaitable[T]]) -> T:
@@ -151,12 +149,12 @@ class Context:
     async def _cached_document(self, digest: str) -> bytes | None:
         if self.disk is None:
             return None
-        return await trio.to_thread.run_sync(self.disk.get_document, digest)
+        return self.disk.get_document(digest)
 
     async def _cached_tag(self, repo: str, tag: str) -> str | None:
         if self.disk is None:
             return None
-        return await trio.to_thread.run_sync(self.disk.get_tag, self.registry, repo, tag)
+        return self.disk.get_tag(self.registry, repo, tag)
 
 
 # -- nodes -------------------------------------------------------------------------------
