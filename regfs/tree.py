@@ -444,13 +444,23 @@ class RepoDir(Dir):
         self._lock = trio.Lock()
         self._denied: AuthError | None = None  # the tag list was refused to us
 
+    async def _may_have_tags(self) -> bool:
+        """False when the catalog lists repositories below this path but not this path."""
+        repos = await self.catalog.repos()
+        return repos is None or self.path in repos or self.ctx.options.offline
+
+    def _tags_fresh(self) -> bool:
+        return (
+            self._tags is not None and time.monotonic() - self._tags_at < self.ctx.options.tag_ttl
+        )
+
     async def tags(self) -> list[str]:
         async with self._lock:
-            fresh = time.monotonic() - self._tags_at < self.ctx.options.tag_ttl
-            if self._tags is None or not fresh:
-                self._tags = await self._fetch_tags()
+            tags = self._tags
+            if tags is None or not self._tags_fresh():
+                tags = self._tags = await self._fetch_tags()
                 self._tags_at = time.monotonic()
-            return self._tags
+            return tags
 
     async def _fetch_tags(self) -> list[str]:
         disk = self.ctx.disk
@@ -476,7 +486,7 @@ class RepoDir(Dir):
     async def children(self) -> list[Node]:
         nodes: list[Node] = []
         names = set()
-        tags = await self.tags()
+        tags = await self.tags() if await self._may_have_tags() else []
         if self._denied is not None and await self._unlistable():
             raise self._denied  # an empty listing would hide the refusal (EACCES instead)
         for tag in tags:
@@ -492,9 +502,20 @@ class RepoDir(Dir):
     async def lookup(self, name: str) -> Node | None:
         if is_digest(name):
             return await self._image(name)
+        if not await self._may_have_tags():
+            pass  # a namespace the catalog knows is no repository: only nested repos below
+        elif is_tag(name) and not self.ctx.options.offline and not self._tags_fresh():
+            # Ask for the manifest straight away: one request instead of the tag list first
+            # (a tag wins over a nested repository of the same name anyway).
+            try:
+                node = await self._image(name)
+            except AuthError:
+                node = None  # decided below, where a refused tag list is handled
+            if node is not None:
+                return node
         # Offline, tags() lists the tags the cache knows; a name outside it may still be a
         # cached nested repository (library/hello under library), so it is not a tag yet.
-        if is_tag(name) and name in await self.tags():
+        if is_tag(name) and await self._may_have_tags() and name in await self.tags():
             return await self._image(name)
         if not is_repository_component(name) or not is_repository(f"{self.path}/{name}"):
             return None

@@ -289,6 +289,7 @@ def test_manifests_fall_through_a_mirror_that_does_not_answer(
         broken_mirror.fault("/v2/.+/(manifests|tags|blobs)/", method=None, status=429, times=None)
         with mounted(tmp_path, registry.url, "--mirror", broken_mirror.url) as m:
             assert_image_reads_back(m.path / "library" / "hello" / "latest", seeded.hello)
+            assert "latest" in os.listdir(m.path / "library" / "hello")  # the tag list too
             paths = [r.path for r in broken_mirror.requests]
             assert any("/manifests/latest" in p for p in paths)  # asked first...
             assert any("/tags/list" in p for p in paths)
