@@ -269,6 +269,10 @@ async def test_invalid_names_are_enoent_without_a_request(monkeypatch: pytest.Mo
                     await tree.lookup(parent, name)
                 assert errno_for(info.value) == errno.ENOENT
     for request in server.requests[before:]:
+        # Inside a repository "Library" is a valid tag (tags may hold upper case): asking for
+        # its manifest (404, so ENOENT) is right. Nothing else may reach a URL.
+        if request.url.path == "/v2/library/hello/manifests/Library":
+            continue
         assert not any(name in request.url.path for name in bad if len(name) > 2), request.url
 
 
