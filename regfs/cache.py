@@ -606,13 +606,41 @@ class BlockCache:
         # of the window again on every 128 KiB read cost two stat calls per block.
         index = max(last + 1, stream.scheduled)
         while index < stop and state.background < self.max_background:
-            if (blob.digest, index) in self.flights or self._cached(blob, index):
+            key = (blob.digest, index)
+            if key in self.flights or key in self.memory:
+                index += 1
+                continue
+            if self.disk is not None and self.disk.has_block(blob.digest, index, blob.registry):
+                self._start_load(blob, index)  # from disk into memory ahead of the reader
                 index += 1
                 continue
             chunk_stop = min(stop, index + self.request_blocks)
             self._start_fetch(blob, index, chunk_stop, background=True)
             index = chunk_stop
         stream.scheduled = index
+
+    def _start_load(self, blob: BlobRef, index: int) -> None:
+        assert self._nursery is not None
+        flight = self.flights[(blob.digest, index)] = _Flight()
+        self._state(blob).background += 1
+        self._nursery.start_soon(self._load_run, blob, index, flight)
+
+    async def _load_run(self, blob: BlobRef, index: int, flight: _Flight) -> None:
+        """Read one block from disk into memory; readers of it wait on its flight."""
+        state = self._state(blob)
+        try:
+            assert self.disk is not None
+            data = await trio.to_thread.run_sync(
+                self.disk.read_block, blob.digest, index, blob.registry
+            )
+            # Not after a purge: the file may be from the failed attempt.
+            fits = data is not None and len(data) == self._block_length(blob, index)
+            if fits and data is not None and self.states.get(blob.digest) is state:
+                self.stats.disk_hits += 1
+                self.memory[(blob.digest, index)] = data
+        finally:
+            state.background -= 1
+            self._land(blob.digest, index, flight, None)  # a miss: readers look again
 
     # -- verification -------------------------------------------------------------------
 
