@@ -59,7 +59,9 @@ def main() -> int:
                     "cat multi/arch/1.0/platforms/linux-arm64-v8/manifest.json | head -c 400; echo",
                     f"ls -l {servercore}/layers",
                     f"sha256sum {servercore}/layers/{foreign.digest}.tar.gz   # fetched via its urls",
-                    f"ls {hello}/",
+                    f"ls -l {hello}/",
+                    f"tar tvf {hello}/image.tar | head -8   # docker save layout, assembled lazily",
+                    f"ls {hello}/oci {hello}/oci/blobs/sha256",
                     "cat .regfs/stats.json",
                 ]:
                     show(command, mnt)
