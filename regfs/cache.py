@@ -35,7 +35,7 @@ from typing import Any, Protocol, TypeVar
 import trio
 from cachetools import LRUCache
 
-from .errors import IntegrityError, OfflineError
+from .errors import IntegrityError, OfflineError, RegfsError
 from .reference import is_digest
 
 log = logging.getLogger(__name__)
@@ -124,15 +124,36 @@ def read_checked(path: Path) -> bytes | None:
     return None
 
 
+class BlockSizeMismatch(RegfsError):
+    """A cache directory made with another --block-size."""
+
+
 class DiskCache:
     """The persistent tier. Every method is blocking: call it through trio.to_thread."""
 
-    def __init__(self, root: Path, max_bytes: int) -> None:
+    def __init__(self, root: Path, max_bytes: int, block_size: int | None = None) -> None:
         self.root = Path(root) / "v1"
         self.max_bytes = max_bytes
         self.written_since_evict = 0
         for sub in ("blobs", "pending", "documents", "tags"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+        if block_size is not None:
+            self._check_block_size(block_size)
+
+    def _check_block_size(self, block_size: int) -> None:
+        """Block files are named by index: one cache directory holds one block size only, or
+        block 1 of a 1M mount would be read from a 4M mount's block 1."""
+        path = self.root / "block-size"
+        with suppress(FileExistsError):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            with os.fdopen(fd, "w") as f:
+                f.write(str(block_size))
+        recorded = path.read_text().strip()
+        if recorded != str(block_size):
+            raise BlockSizeMismatch(
+                f"cache {self.root.parent} holds blocks of {recorded} bytes, not {block_size}: "
+                "use the same --block-size or another --cache-dir"
+            )
 
     def verified_dir(self, digest: str) -> Path:
         algorithm, hexpart = _split(digest)
@@ -157,14 +178,17 @@ class DiskCache:
             self.pending_dir(digest, registry) / str(index)
         ).exists()
 
+    def unverify(self, digest: str) -> None:
+        """A verified blob lost a block: what is fetched again must be checked again."""
+        with suppress(OSError):
+            (self.verified_dir(digest) / "verified").unlink()
+
     def write_block(
         self, digest: str, index: int, registry: str, data: bytes, blob_size: int | None = None
     ) -> None:
-        directory = (
-            self.verified_dir(digest)
-            if self.is_verified(digest)
-            else self.pending_dir(digest, registry)
-        )
+        # Always pending: only promote(), after the digest matched, puts blocks where every
+        # registry may read them.
+        directory = self.pending_dir(digest, registry)
         write_atomic(directory / str(index), data, trailer=True)
         if blob_size is not None and not (directory / SIZE_FILE).exists():
             # Lets `regfs cache info` say how much of the blob is cached.
@@ -312,6 +336,7 @@ class _BlobState:
     mismatch: bool = False
     lock: trio.Lock = field(default_factory=trio.Lock)
     background: int = 0  # readahead requests in flight
+    landed: bool = False  # a block landed while the hasher held the lock: look again
 
 
 @dataclass
@@ -377,8 +402,8 @@ class BlockCache:
 
     def is_verified(self, digest: str) -> bool:
         state = self.states.get(digest)
-        if state is not None and state.verified:
-            return True
+        if state is not None:
+            return state.verified
         return self.disk is not None and self.disk.is_verified(digest)
 
     def in_flight(self) -> int:
@@ -494,6 +519,14 @@ class BlockCache:
             return
         if self._nursery is None:
             raise RuntimeError("BlockCache used outside running()")
+        state = self._state(blob)
+        if state.verified:
+            # A verified blob lost blocks (evicted, damaged, pruned): bytes fetched again are
+            # checked again, from the first block, before it counts as verified once more.
+            log.info("blob %s lost cached blocks; verifying it again", blob.digest[:19])
+            self.states[blob.digest] = _BlobState(state.algorithm, hashlib.new(state.algorithm))
+            if self.disk is not None:
+                self.disk.unverify(blob.digest)
         flights = {i: _Flight() for i in indexes}
         for i, flight in flights.items():
             self.flights[(blob.digest, i)] = flight
@@ -581,7 +614,11 @@ class BlockCache:
     async def _hash_in_order(self, blob: BlobRef) -> None:
         state = self._state(blob)
         # Whoever holds the lock is already feeding the hasher and will reach this block.
-        if not state.verified and not state.lock.locked():
+        if state.verified:
+            return
+        if state.lock.locked():
+            state.landed = True
+        else:
             await self._advance_hash(blob, state, fetch_missing=False)
 
     # -- readahead ----------------------------------------------------------------------
@@ -662,6 +699,9 @@ class BlockCache:
                         blob.registry,
                     )
                 if data is None:
+                    if state.landed:  # it may have landed while we looked on disk
+                        state.landed = False
+                        continue
                     if not fetch_missing:
                         return
                     data = await self.block(blob, index)

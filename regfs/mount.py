@@ -180,7 +180,11 @@ def build_context(config: MountConfig, stats: Stats) -> tuple[Context, list[Regi
         )
         for m in config.mirrors
     ]
-    disk = None if config.no_disk_cache else DiskCache(config.cache_dir, config.cache_size)
+    disk = (
+        None
+        if config.no_disk_cache
+        else DiskCache(config.cache_dir, config.cache_size, config.block_size)
+    )
     cache = BlockCache(
         disk=disk,
         memory_bytes=config.memory_cache,

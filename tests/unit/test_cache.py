@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -500,3 +501,42 @@ def test_tag_file_holding_junk_is_ignored(disk: DiskCache) -> None:
     path = disk._tag_path("reg-a", "repo", "latest")
     write_atomic(path, b"not a digest", trailer=True)
     assert disk.get_tag("reg-a", "repo", "latest") is None
+
+
+async def test_a_verified_blob_that_lost_blocks_is_verified_again(disk: DiskCache) -> None:
+    async with make_cache(disk).running() as cache:
+        assert await cache.read(blob(FakeSource()), 0, len(DATA)) == DATA
+        assert cache.is_verified(DIGEST)
+        # Its cached copy is gone (evicted, pruned by another process) while this mount still
+        # remembers the verdict; the next fetch serves one flipped byte.
+        shutil.rmtree(disk.verified_dir(DIGEST))
+        cache.memory.clear()
+        bad = blob(FakeSource(corrupted(DATA, 20)))
+        with pytest.raises(IntegrityError):
+            await cache.read(bad, 0, len(DATA))
+        assert not cache.is_verified(DIGEST)
+        assert not disk.is_verified(DIGEST)
+
+
+async def test_a_verified_blob_missing_one_block_checks_the_refetched_bytes(
+    disk: DiskCache,
+) -> None:
+    async with make_cache(disk).running() as cache:
+        assert await cache.read(blob(FakeSource()), 0, len(DATA)) == DATA
+        (disk.verified_dir(DIGEST) / "1").unlink()  # one block lost, the marker still there
+        cache.memory.clear()
+        bad = blob(FakeSource(corrupted(DATA, BLOCK + 3)))
+        with pytest.raises(IntegrityError):
+            await cache.read(bad, 0, len(DATA))
+        assert not cache.is_verified(DIGEST)
+        # The refetched block never reached the verified directory every registry reads.
+        assert not (disk.verified_dir(DIGEST) / "1").exists()
+
+
+def test_a_cache_directory_holds_one_block_size(tmp_path: Path) -> None:
+    from regfs.cache import BlockSizeMismatch
+
+    DiskCache(tmp_path / "c", max_bytes=1 << 20, block_size=4 << 20)
+    DiskCache(tmp_path / "c", max_bytes=1 << 20, block_size=4 << 20)  # the same: fine
+    with pytest.raises(BlockSizeMismatch, match="--block-size"):
+        DiskCache(tmp_path / "c", max_bytes=1 << 20, block_size=1 << 20)
