@@ -441,6 +441,7 @@ class RepoDir(Dir):
         self._tags_at = 0.0
         self._images: dict[str, ImageDir] = {}
         self._subdirs: dict[str, RepoDir] = {}
+        self._tag_dirs: dict[str, TagDir] = {}
         self._lock = trio.Lock()
         self._denied: AuthError | None = None  # the tag list was refused to us
 
@@ -489,11 +490,9 @@ class RepoDir(Dir):
         tags = await self.tags() if await self._may_have_tags() else []
         if self._denied is not None and await self._unlistable():
             raise self._denied  # an empty listing would hide the refusal (EACCES instead)
-        for tag in tags:
-            node = await self._image(tag)
-            if node is not None:
-                nodes.append(node)
-                names.add(tag)
+        for tag in tags:  # not resolved here: a repository may have thousands of tags
+            nodes.append(self._tag_dir(tag))
+            names.add(tag)
         for component in await self.catalog.children_of(self.path):
             if component not in names:
                 nodes.append(self._subdir(component))
@@ -508,7 +507,7 @@ class RepoDir(Dir):
             # Ask for the manifest straight away: one request instead of the tag list first
             # (a tag wins over a nested repository of the same name anyway).
             try:
-                node = await self._image(name)
+                node = await self._tag(name)
             except AuthError:
                 node = None  # decided below, where a refused tag list is handled
             if node is not None:
@@ -516,7 +515,7 @@ class RepoDir(Dir):
         # Offline, tags() lists the tags the cache knows; a name outside it may still be a
         # cached nested repository (library/hello under library), so it is not a tag yet.
         if is_tag(name) and await self._may_have_tags() and name in await self.tags():
-            return await self._image(name)
+            return await self._tag(name)
         if not is_repository_component(name) or not is_repository(f"{self.path}/{name}"):
             return None
         if await self.catalog.might_exist(f"{self.path}/{name}"):
@@ -524,7 +523,7 @@ class RepoDir(Dir):
                 return await self._tag_or_repo(name)
             return self._subdir(name)
         if is_tag(name):
-            return await self._image(name)  # a tag the list did not show (yet)
+            return await self._tag(name)  # a tag the list did not show (yet)
         return None
 
     def _subdir(self, name: str) -> RepoDir:
@@ -539,7 +538,7 @@ class RepoDir(Dir):
         """An image if its manifest answers, a nested repo if its tags do, else the refusal:
         without credentials a protected registry is EACCES, not an empty directory."""
         try:
-            node = await self._image(name)
+            node = await self._tag(name)
         except AuthError:
             sub = self._subdir(name)
             await sub.tags()
@@ -547,6 +546,21 @@ class RepoDir(Dir):
                 raise
             return sub
         return node if node is not None else self._subdir(name)
+
+    async def _tag(self, tag: str) -> TagDir | None:
+        """The directory of a tag, resolved now (a lookup must know whether it exists)."""
+        image = await self._image(tag)
+        return None if image is None else self._tag_dir(tag, image)
+
+    def _tag_dir(self, tag: str, image: ImageDir | None = None) -> TagDir:
+        """One TagDir per tag and image: when the tag moves, a new one (a new inode), so the
+        kernel's cached entries under the old one are not taken for the new image's."""
+        node = self._tag_dirs.get(tag)
+        if node is None or (image is not None and node.bound not in (None, image)):
+            node = self._tag_dirs[tag] = TagDir(self, tag)
+        if image is not None:
+            node.bound = image
+        return node
 
     async def _image(self, reference: str) -> ImageDir | None:
         node = self._images.get(reference)
@@ -566,6 +580,33 @@ class RepoDir(Dir):
         node = ImageDir(reference, self.ctx, self.path, doc, mutable=mutable)
         self._images[reference] = node
         return node
+
+
+class TagDir(Dir):
+    """A tag: listed from the tag list, resolved to its image (manifest) only when used."""
+
+    immutable = False
+
+    def __init__(self, repo: RepoDir, tag: str) -> None:
+        super().__init__(tag, repo.ctx.started)
+        self.repo = repo
+        self.bound: ImageDir | None = None
+
+    async def image(self) -> ImageDir:
+        image = await self.repo._image(self.name)  # re-resolved after the tag TTL
+        if image is None:
+            raise NotFoundError(f"{self.repo.path}:{self.name}")
+        self.bound = image
+        return image
+
+    async def children(self) -> list[Node]:
+        image = await self.image()
+        entries = await image.children()
+        self.mtime = image.mtime
+        return entries
+
+    async def lookup(self, name: str) -> Node | None:
+        return await (await self.image()).lookup(name)
 
 
 class Catalog:

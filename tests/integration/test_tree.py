@@ -358,3 +358,17 @@ async def test_protected_registry_without_credentials_is_auth_error(
         assert fs.errno_for(raised.value) == errno.EACCES
         with pytest.raises(AuthError):
             await b.tree.listdir(library.inode)
+
+
+async def test_listing_a_repository_fetches_no_manifest(
+    tmp_path: Path, registry: RegistryServer, seeded: Seeded
+) -> None:
+    # A repository may have thousands of tags: listing it uses the tag list alone; a tag is
+    # resolved (its manifest fetched) only when its directory is used.
+    async with built(tmp_path, registry) as b:
+        repo = await b.walk("library/hello")
+        before = b.stats.requests
+        assert sorted(n.name for n in await b.tree.listdir(repo.inode)) == ["latest", "v1"]
+        assert b.stats.requests - before == 1  # GET /v2/library/hello/tags/list
+        manifest = await b.read("library/hello/latest/manifest.json")
+        assert manifest == seeded.hello.manifest_bytes
