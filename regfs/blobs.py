@@ -22,7 +22,6 @@ import httpx
 import trio
 
 from .errors import (
-    AuthError,
     ForbiddenURLError,
     NotFoundError,
     ProtocolError,
@@ -192,10 +191,21 @@ class BlobSource:
     async def _fetch_place(self, place: _Place, start: int, end: int, sink: Sink) -> None:
         is_registry = not place.foreign and not place.fall_through
         if is_registry and self.redirect_cache is not None:
+            delivered = False
+
+            async def tracking(data: bytes) -> None:
+                nonlocal delivered
+                delivered = True
+                await sink(data)
+
             try:
-                await self._fetch_url(place, self.redirect_cache, start, end, sink, direct=True)
+                await self._fetch_url(place, self.redirect_cache, start, end, tracking, direct=True)
                 return
-            except (AuthError, NotFoundError) as exc:
+            except RegistryError as exc:
+                # Any failure before a byte arrived (expired signature as 400/403/410, a dead
+                # edge, a bad range): ask the registry for a fresh location.
+                if delivered:
+                    raise
                 log.info(
                     "blob %s: remembered URL answered %s; asking the registry again",
                     self.digest[:19],
@@ -208,15 +218,16 @@ class BlobSource:
         self, place: _Place, url: httpx.URL, start: int, end: int, sink: Sink, *, direct: bool
     ) -> None:
         headers = {"Range": f"bytes={start}-{end - 1}", "Accept-Encoding": "identity"}
-        foreign = place.foreign or direct
         check = self.policy.check if place.foreign else None
         client = place.client
+        # A remembered redirect is replayed without credentials but on the registry's own
+        # client (its --ca-cert / --insecure), as the first request reached it.
         async with client.open_url(
             url,
-            scope=None if foreign else pull_scope(self.repo),
+            scope=None if place.foreign or direct else pull_scope(self.repo),
             headers=headers,
             check=check,
-            foreign=foreign,
+            foreign=place.foreign,
         ) as response:
             what = f"blob {self.digest[:19]} at {response.url.host}"
             if response.status_code >= 400:

@@ -257,7 +257,10 @@ class RegistryClient:
                 await response.aclose()
                 if not location:
                     raise ProtocolError(f"{current.host} sent a redirect without Location")
-                current = current.join(location)
+                try:
+                    current = current.join(location)
+                except httpx.InvalidURL as exc:
+                    raise ProtocolError(f"{current.host} sent an invalid redirect") from exc
                 continue
             if (
                 response.status_code == 401

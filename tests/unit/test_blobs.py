@@ -372,8 +372,9 @@ async def test_mirror_that_has_it_serves(monkeypatch: pytest.MonkeyPatch) -> Non
 # remembered CDN redirects
 
 
-async def test_redirect_remembered_and_re_resolved_after_403(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize("expired", [403, 400, 410, 500])
+async def test_redirect_remembered_and_re_resolved_after_it_fails(
+    monkeypatch: pytest.MonkeyPatch, expired: int
 ) -> None:
     signature = {"current": 1}
 
@@ -383,7 +384,7 @@ async def test_redirect_remembered_and_re_resolved_after_403(
 
     def cdn(request: httpx.Request) -> httpx.Response:
         if request.url.params["sig"] != str(signature["current"]):
-            return httpx.Response(403)  # the signed URL expired
+            return httpx.Response(expired)  # the signed URL expired (each CDN says it its way)
         return ranged(request)
 
     handler = registry_with_auth(registry_blob, cdn)
@@ -399,7 +400,7 @@ async def test_redirect_remembered_and_re_resolved_after_403(
     assert [r.url.host for r in server.requests[seen:]] == ["cdn.example"]
     seen = len(server.requests)
 
-    # Expired: the CDN says 403, the registry is asked again, the new URL remembered.
+    # Expired: the CDN refuses, the registry is asked again, the new URL remembered.
     signature["current"] = 2
     assert await fetch(blob, 2000, 3000) == DATA[2000:3000]
     hosts = [(r.url.host, r.url.params.get("sig")) for r in server.requests[seen:]]
