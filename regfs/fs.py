@@ -149,6 +149,10 @@ class Operations(pyfuse3.Operations):
         entries = await self._guard(f"readdir {fh}", listed)
         for position, (child, attrs) in enumerate(entries, start=start_id + 1):
             if not pyfuse3.readdir_reply(token, child.name.encode(), attrs, position):
+                # The kernel's buffer is full: entries it did not take hold no reference, so
+                # their inodes go (unless looked up before), or each listing would add more.
+                for unsent, _ in entries[position - start_id - 1 :]:
+                    self.tree.forget(unsent.inode, 0)
                 return
             self.tree.remember(child)
 
