@@ -104,9 +104,11 @@ class BlobSource:
         self.mirrors = list(mirrors)
         self.digest = descriptor.digest
         self.size = descriptor.size
-        self.redirect_cache: httpx.URL | None = (
-            None  # remembered CDN URL, re-resolved on 401/403/404
-        )
+        # Where redirects ended (signed CDN URLs): asked directly until they fail, then the
+        # registry (or the foreign URL) is asked again.
+        self.redirect_cache: httpx.URL | None = None
+        self.foreign_redirects: dict[str, httpx.URL] = {}
+        self.registry_lacks_it = False  # a foreign layer: its urls served it
         self.floor = bytes_per_second_floor
         self.allowance = 60.0  # seconds every attempt gets on top of the floor rate
 
@@ -172,10 +174,16 @@ class BlobSource:
 
         last_error: RegistryError | None = None
         for place in self.places():
+            if self.registry_lacks_it and not place.foreign:
+                # Known from an earlier range: skip the 404 round trips to mirrors and registry.
+                last_error = NotFoundError(f"blob {self.digest[:19]} is foreign")
+                continue
             if place.foreign and not isinstance(last_error, NotFoundError):
                 break  # foreign URLs stand in only for a blob the registry does not hold
             try:
                 await self._fetch_place(place, start, end, counting)
+                if place.foreign:
+                    self.registry_lacks_it = True
                 return
             except RegistryError as exc:
                 if delivered:
@@ -188,9 +196,23 @@ class BlobSource:
         assert last_error is not None
         raise last_error
 
+    def _remembered(self, place: _Place) -> httpx.URL | None:
+        if place.foreign:
+            return self.foreign_redirects.get(str(place.url))
+        return None if place.fall_through else self.redirect_cache
+
+    def _remember(self, place: _Place, final: httpx.URL | None) -> None:
+        if place.foreign:
+            if final is None:
+                self.foreign_redirects.pop(str(place.url), None)
+            else:
+                self.foreign_redirects[str(place.url)] = final
+        elif not place.fall_through:
+            self.redirect_cache = final
+
     async def _fetch_place(self, place: _Place, start: int, end: int, sink: Sink) -> None:
-        is_registry = not place.foreign and not place.fall_through
-        if is_registry and self.redirect_cache is not None:
+        remembered = self._remembered(place)
+        if remembered is not None:
             delivered = False
 
             async def tracking(data: bytes) -> None:
@@ -199,19 +221,15 @@ class BlobSource:
                 await sink(data)
 
             try:
-                await self._fetch_url(place, self.redirect_cache, start, end, tracking, direct=True)
+                await self._fetch_url(place, remembered, start, end, tracking, direct=True)
                 return
             except RegistryError as exc:
                 # Any failure before a byte arrived (expired signature as 400/403/410, a dead
-                # edge, a bad range): ask the registry for a fresh location.
+                # edge, a bad range): ask where the blob is again.
                 if delivered:
                     raise
-                log.info(
-                    "blob %s: remembered URL answered %s; asking the registry again",
-                    self.digest[:19],
-                    exc,
-                )
-                self.redirect_cache = None
+                log.info("blob %s: remembered URL answered %s; asking again", self.digest[:19], exc)
+                self._remember(place, None)
         await self._fetch_url(place, place.url, start, end, sink, direct=False)
 
     async def _fetch_url(
@@ -232,8 +250,8 @@ class BlobSource:
             what = f"blob {self.digest[:19]} at {response.url.host}"
             if response.status_code >= 400:
                 raise status_error(response, what)
-            if not place.foreign and not direct and not same_url(response.url, url):
-                self.redirect_cache = response.url
+            if not direct and not same_url(response.url, url):
+                self._remember(place, response.url)  # the CDN a registry or fwlink sent us to
             skip = self._check_range(response, start, end, what)
             host = response.url.netloc.decode()
             position = start

@@ -6,6 +6,7 @@ import hashlib
 import subprocess
 from pathlib import Path
 
+from tests.fixtures.cdn import CDNServer
 from tests.fixtures.mounting import mounted
 from tests.fixtures.registry import RegistryServer
 from tests.fixtures.seed import Seeded
@@ -41,3 +42,24 @@ def test_foreign_layer_comes_from_the_cdn_without_credentials(
         for layer in seeded.windows.layers:
             data = (layers / f"{layer.digest}.tar.gz").read_bytes()
             assert "sha256:" + hashlib.sha256(data).hexdigest() == layer.digest
+
+
+def test_foreign_layer_ranges_skip_the_registry_and_the_redirect_after_the_first(
+    tmp_path: Path, registry: RegistryServer, seeded: Seeded, cdn: CDNServer
+) -> None:
+    foreign = next(layer for layer in seeded.windows.layers if layer.urls)
+    name = foreign.urls[0].rsplit("/", 1)[1]
+    before = len(cdn.requests)
+    # 64K blocks: the ~5 MiB layer takes dozens of ranged requests.
+    with mounted(tmp_path, registry.url, "--block-size", "64K") as m:
+        path = m.path / "windows" / "servercore" / "ltsc2019-amd64" / "layers"
+        data = (path / f"{foreign.digest}.tar.gz").read_bytes()
+    assert data == foreign.data
+    seen = cdn.requests[before:]
+    ranged = [r for r in seen if r.path.endswith(name) and r.path.startswith("/cdn/")]
+    redirects = [r for r in seen if r.path.startswith("/fwlink/")]
+    # The CDN URL the redirect led to is remembered: only the requests already in flight
+    # before the first answer (the read and up to 4 readahead ranges) took the redirect.
+    assert len(ranged) >= 3
+    assert 1 <= len(redirects) < len(ranged)
+    assert not any(r.has_authorization for r in seen)
