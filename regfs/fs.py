@@ -119,13 +119,11 @@ class Operations(pyfuse3.Operations):
         return await self._guard(f"lookup {text!r}", looked_up)
 
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
-        try:
-            return self.attrs(self.tree.node(inode))
-        except NotFoundError:
-            raise pyfuse3.FUSEError(errno.ENOENT) from None
-        except Exception:  # only FUSEError may leave a handler
-            log.exception("getattr %d: unexpected error", inode)
-            raise pyfuse3.FUSEError(errno.EIO) from None
+        # No network, no await: the guard's deadline is not needed, its error mapping is.
+        return await self._guard(f"getattr {inode}", lambda: _as(self._attrs_of, inode))
+
+    def _attrs_of(self, inode: int) -> pyfuse3.EntryAttributes:
+        return self.attrs(self.tree.node(inode))
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for inode, count in inode_list:
@@ -237,5 +235,5 @@ def _name(raw: bytes) -> str:
         return "\x00"  # never a valid name: ENOENT
 
 
-async def _as(get: Callable[[int], Node], inode: int) -> Node:
+async def _as(get: Callable[[int], T], inode: int) -> T:
     return get(inode)
