@@ -166,16 +166,19 @@ class DiskCache:
     def is_verified(self, digest: str) -> bool:
         return (self.verified_dir(digest) / "verified").exists()
 
+    # Pending first, then verified: promote() moves files in that direction, so a block in
+    # transit is found in one of the two and never taken for missing.
+
     def read_block(self, digest: str, index: int, registry: str) -> bytes | None:
-        for directory in (self.verified_dir(digest), self.pending_dir(digest, registry)):
+        for directory in (self.pending_dir(digest, registry), self.verified_dir(digest)):
             data = read_checked(directory / str(index))
             if data is not None:
                 return data
         return None
 
     def has_block(self, digest: str, index: int, registry: str) -> bool:
-        return (self.verified_dir(digest) / str(index)).exists() or (
-            self.pending_dir(digest, registry) / str(index)
+        return (self.pending_dir(digest, registry) / str(index)).exists() or (
+            self.verified_dir(digest) / str(index)
         ).exists()
 
     def unverify(self, digest: str) -> None:
@@ -651,6 +654,8 @@ class BlockCache:
                 self._start_load(blob, index)  # from disk into memory ahead of the reader
                 index += 1
                 continue
+            if state.verified:
+                break  # a verified blob missing a block: only a reader's need refetches it
             chunk_stop = min(stop, index + self.request_blocks)
             self._start_fetch(blob, index, chunk_stop, background=True)
             index = chunk_stop
