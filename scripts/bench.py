@@ -42,7 +42,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from regfs.cli import parse_size  # noqa: E402
-from tests.fixtures._net import LOOPBACK, die_with_parent, free_port, wait_until  # noqa: E402
+from tests.fixtures._net import (  # noqa: E402
+    LOOPBACK,
+    die_with_parent,
+    free_port,
+    stop_process,
+    wait_until,
+)
 from tests.fixtures.images import (  # noqa: E402
     DOCKER_CONFIG,
     DOCKER_FOREIGN_LAYER,
@@ -231,20 +237,6 @@ def publish_foreign(registry: RegistryServer, world: World, url: str) -> None:
 # -- servers and mounts this script owns ---------------------------------------------------
 
 
-def stop_pid(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
-    """SIGTERM the process (its own session), then SIGKILL if it lingers."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=grace)
-
-
 def spawn(
     args: Sequence[str], log_path: Path, env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
@@ -321,7 +313,7 @@ def nginx_cdn(root: Path, tmp: Path) -> Iterator[str]:
             raise RuntimeError(f"nginx exited: {(tmp / 'error.log').read_text(errors='replace')}")
         yield url
     finally:
-        stop_pid(proc)
+        stop_process(proc)
 
 
 @dataclass
@@ -426,7 +418,7 @@ class Bench:
                         proc.wait(timeout=30)
                 else:
                     log(f"fusermount3 -u {path}: {result.stderr.strip()}; stopping regfs by pid")
-            stop_pid(proc)  # regfs unmounts itself on SIGTERM; not mounted yet: it just exits
+            stop_process(proc)  # regfs unmounts itself on SIGTERM; not mounted yet: it just exits
             force_unmount(path)
 
     @contextlib.contextmanager
@@ -453,7 +445,7 @@ class Bench:
                 raise RuntimeError(f"ceiling exited: {out.read_text(errors='replace')}")
             yield path / "data"
         finally:
-            stop_pid(proc)
+            stop_process(proc)
             force_unmount(path)
 
     def image_dir(self, mnt: Path, repo: str = BIG_REPO) -> Path:
