@@ -11,6 +11,7 @@ One place for the HTTP rules every request follows:
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import http.cookiejar
 import json
@@ -41,7 +42,13 @@ from .errors import (
     RegistryError,
     TransientError,
 )
-from .reference import RegistryAddress, check_digest, check_reference, check_repository
+from .reference import (
+    RegistryAddress,
+    check_digest,
+    check_reference,
+    check_repository,
+    is_digest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -141,9 +148,7 @@ def transport_error(exc: httpx.HTTPError, what: str) -> RegistryError:
         return AuthError(
             f"{what}: TLS certificate not trusted ({exc}); use --ca-cert or --insecure"
         )
-    if isinstance(exc, httpx.DecodingError | httpx.RemoteProtocolError) and not isinstance(
-        exc, httpx.RemoteProtocolError
-    ):
+    if isinstance(exc, httpx.DecodingError):
         return ProtocolError(f"{what}: {exc}")
     return TransientError(f"{what}: {type(exc).__name__}: {exc}")
 
@@ -342,7 +347,7 @@ class RegistryClient:
         raw = response.content
         content_type = response.headers.get("content-type", "")
         doc = mf.parse_document(raw, content_type)
-        expected = reference if reference.count(":") == 1 and "sha" in reference else None
+        expected = reference if is_digest(reference) else None
         served = response.headers.get("docker-content-digest")
         for want in (expected, served):
             if not want:
@@ -354,7 +359,7 @@ class RegistryClient:
             if actual != want:
                 raise ManifestError(f"manifest {repo}:{reference} does not match digest {want}")
         if expected and expected != doc.digest:
-            doc = _with_digest(doc, expected)
+            doc = dataclasses.replace(doc, digest=expected)
         return doc
 
     async def list_tags(self, repo: str) -> list[str]:
@@ -453,12 +458,6 @@ def _next_link(header: str | None, base: httpx.URL) -> str | None:
             parts = urlsplit(str(url))
             return parts.path + (f"?{parts.query}" if parts.query else "")
     return None
-
-
-def _with_digest(doc: mf.Document, digest: str) -> mf.Document:
-    import dataclasses
-
-    return dataclasses.replace(doc, digest=digest)
 
 
 def make_http_client(*, ca_cert: str | None, insecure: bool, timeout: float) -> httpx.AsyncClient:
