@@ -15,8 +15,8 @@ from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cache import _TRAILER, SIZE_FILE, DiskCache
-from .reference import is_digest
+from .cache.blocks import _TRAILER, SIZE_FILE, DiskCache
+from .oci.reference import is_digest
 
 SUBDIRS = ("blobs", "pending", "documents", "tags")
 

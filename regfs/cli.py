@@ -21,9 +21,11 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from . import cachectl, prefetch
+from .dirs import default_cache_dir
 from .errors import RegfsError
-from .mount import MountConfig, default_cache_dir, run, unmount
-from .tree import Options, host_platform_default, parse_platform
+from .mount import MountConfig, run, unmount
+from .oci.platform import host_platform_default, parse_platform
+from .views.tree import Options
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2

@@ -19,17 +19,17 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from . import (
-    archive,  # noqa: F401  (registers image.tar and oci/)
-    auth,
-)
-from .blobs import ForeignURLPolicy
-from .cache import BlockCache, DiskCache
+from .cache.blocks import BlockCache, DiskCache
+from .dirs import default_cache_dir, state_dir
 from .errors import RegfsError
-from .fs import Operations
-from .reference import parse_registry
-from .registry import RegistryClient, RetryPolicy, Stats
-from .tree import Context, GeneratedFile, Options, RootDir, StaticDir, Tree
+from .oci.reference import parse_registry
+from .registry import auth
+from .registry.blobs import ForeignURLPolicy
+from .registry.client import RegistryClient, RetryPolicy, Stats
+from .registry.http import tune_read_size
+from .vfs.fuse import Operations
+from .views import archive  # noqa: F401  (registers image.tar and oci/)
+from .views.tree import Context, GeneratedFile, Options, RootDir, StaticDir, Tree
 
 log = logging.getLogger(__name__)
 
@@ -38,18 +38,6 @@ READ_AHEAD_KB = 16384  # lets the kernel send large, parallel reads for sequenti
 
 class MountError(RegfsError):
     """A mount could not start (bad mountpoint, no /dev/fuse, registry unreachable)."""
-
-
-def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "regfs"
-
-
-def state_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
-        os.path.expanduser("~"), ".local", "state"
-    )
-    return Path(base) / "regfs"
 
 
 @dataclass
@@ -272,6 +260,7 @@ def tune_malloc() -> None:
 
 async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
     tune_malloc()
+    tune_read_size()
     stats = Stats()
     ctx, clients = build_context(config, stats)
     try:

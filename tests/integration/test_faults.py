@@ -18,10 +18,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from regfs import manifest as mf
-from regfs.auth import Credentials
-from regfs.blobs import BlobSource, ForeignURLPolicy
-from regfs.cache import BlobRef, BlockCache, DiskCache
+from regfs.cache.blocks import BlobRef, BlockCache, DiskCache
 from regfs.errors import (
     AuthError,
     ForbiddenURLError,
@@ -31,9 +28,12 @@ from regfs.errors import (
     ProtocolError,
     TransientError,
 )
-from regfs.fs import errno_for
-from regfs.reference import parse_registry
-from regfs.registry import RegistryClient, RetryPolicy
+from regfs.oci import manifest as mf
+from regfs.oci.reference import parse_registry
+from regfs.registry.auth import Credentials
+from regfs.registry.blobs import BlobSource, ForeignURLPolicy
+from regfs.registry.client import RegistryClient, RetryPolicy
+from regfs.vfs.fuse import errno_for
 from tests.fixtures.faultproxy import Fault, FaultProxy, black_hole
 from tests.fixtures.images import Layer, PushedImage
 from tests.fixtures.mounting import mounted

@@ -13,11 +13,12 @@ from typing import Any
 import pyfuse3
 import pytest
 
-from regfs import fs
 from regfs.errors import AuthError, NotFoundError
 from regfs.mount import MountConfig, build_context, make_tree
-from regfs.registry import Stats
-from regfs.tree import ROOT_INODE, Dir, Node, Options, Tree, parse_platform
+from regfs.oci.platform import parse_platform
+from regfs.registry.client import Stats
+from regfs.vfs import fuse as fs
+from regfs.views.tree import ROOT_INODE, Dir, Node, Options, Tree
 from tests.fixtures.registry import RegistryServer
 from tests.fixtures.schema1 import schema1_payload
 from tests.fixtures.seed import Seeded

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
-from regfs import registry
-from regfs.reference import parse_registry
-from regfs.registry import RegistryClient, RetryPolicy
+from regfs.oci.reference import parse_registry
+from regfs.registry import client as registry
+from regfs.registry.client import RegistryClient, RetryPolicy
 
 Handler = Callable[[httpx.Request], httpx.Response]
 

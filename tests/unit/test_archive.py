@@ -1,4 +1,4 @@
-"""regfs.archive without a mount: image.tar's segments, headers and reads; the OCI layout."""
+"""regfs.views.archive without a mount: image.tar's segments, headers and reads; the OCI layout."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ from typing import Any
 import httpx
 import pytest
 
-from regfs import archive
-from regfs import manifest as mf
-from regfs.blobs import ForeignURLPolicy
-from regfs.cache import BlockCache, ReadStream
-from regfs.tree import IMAGE_EXTRAS, BytesFile, Context, File, ImageName, Options, StaticDir
+from regfs.cache.blocks import BlockCache, ReadStream
+from regfs.oci import manifest as mf
+from regfs.registry.blobs import ForeignURLPolicy
+from regfs.views import archive
+from regfs.views.tree import IMAGE_EXTRAS, BytesFile, Context, File, ImageName, Options, StaticDir
 from tests.fixtures.images import random_bytes
 from tests.unit.mock_http import Recorder, chunks, mock_client
 
@@ -259,7 +259,7 @@ async def test_names_of_tags_digests_and_platforms(
     assert json.loads(digest_dir.docker_manifest)[0]["RepoTags"] == []
     [entry] = json.loads(digest_dir.index)["manifests"]
     assert entry["annotations"] == {archive.REF_NAME: image.digest}
-    from regfs.reference import parse_registry
+    from regfs.oci.reference import parse_registry
 
     monkeypatch.setattr(ctx.client, "address", parse_registry("docker.io"))
     assert archive.repo_tag(ctx, "library/alpine", "3") == "alpine:3"

@@ -1,4 +1,4 @@
-"""regfs.auth: bounded bodies, credential sources, challenges, the token flow."""
+"""regfs.registry.auth: bounded bodies, credential sources, challenges, the token flow."""
 
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ import httpx
 import pytest
 import trio
 
-from regfs import auth
-from regfs.auth import (
+from regfs.errors import AuthError, ProtocolError, RateLimitedError, TransientError
+from regfs.registry import auth
+from regfs.registry.auth import (
     MAX_SMALL_BODY,
     Challenge,
     Credentials,
@@ -29,7 +30,6 @@ from regfs.auth import (
     parse_challenges,
     read_capped,
 )
-from regfs.errors import AuthError, ProtocolError, RateLimitedError, TransientError
 
 SECRET = "s3cr3t-p4ss"
 
@@ -376,7 +376,7 @@ def test_creds_store_without_entry_falls_back_to_auths(env: dict[str, str], home
 def test_failing_helper_is_skipped(
     env: dict[str, str], home: Path, body: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="regfs.auth")
+    caplog.set_level(logging.DEBUG, logger="regfs.registry.auth")
     _helper(env, "test", body)
     _docker_config(
         home,

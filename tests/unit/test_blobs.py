@@ -1,4 +1,4 @@
-"""regfs.blobs over httpx.MockTransport: ranges, resumption, mirrors, CDN redirects, foreign URLs."""
+"""regfs.registry.blobs over httpx.MockTransport: ranges, resumption, mirrors, CDN redirects, foreign URLs."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ import re
 import httpx
 import pytest
 
-from regfs import manifest as mf
-from regfs.blobs import BlobSource, ForeignURLPolicy
 from regfs.errors import (
     AuthError,
     ForbiddenURLError,
@@ -17,7 +15,9 @@ from regfs.errors import (
     ProtocolError,
     TransientError,
 )
-from regfs.registry import RegistryClient
+from regfs.oci import manifest as mf
+from regfs.registry.blobs import BlobSource, ForeignURLPolicy
+from regfs.registry.client import RegistryClient
 from tests.fixtures.images import random_bytes
 from tests.unit.mock_http import NO_WAIT, chunks, cut_after, mock_client
 

@@ -13,12 +13,12 @@ import httpx
 import pytest
 import trio
 
-from regfs import manifest as mf
-from regfs.blobs import BlobSource, ForeignURLPolicy
-from regfs.cache import BlobRef, BlockCache, ReadStream
+from regfs.cache.blocks import BlobRef, BlockCache, ReadStream
 from regfs.errors import AuthError, ForbiddenURLError, IntegrityError, NotFoundError
-from regfs.fs import errno_for
-from regfs.tree import Context, Options, RootDir, StaticDir, Tree
+from regfs.oci import manifest as mf
+from regfs.registry.blobs import BlobSource, ForeignURLPolicy
+from regfs.vfs.fuse import errno_for
+from regfs.views.tree import Context, Options, RootDir, StaticDir, Tree
 from tests.fixtures.images import random_bytes
 from tests.unit.mock_http import chunks, mock_client
 
@@ -143,7 +143,7 @@ async def test_no_credentials_or_cookies_at_cross_host_targets_or_foreign_hosts(
             )
         return ranged(request)
 
-    from regfs.auth import Credentials
+    from regfs.registry.auth import Credentials
 
     client, server = mock_client(monkeypatch, handler, credentials=Credentials("alice", "pw"))
     assert await fetch(blob_source(client), 0, 1000) == DATA[:1000]

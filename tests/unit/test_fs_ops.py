@@ -1,4 +1,4 @@
-"""regfs.fs without a mount: errno mapping, and Operations over a tiny in-memory Tree."""
+"""regfs.vfs.fuse without a mount: errno mapping, and Operations over a tiny in-memory Tree."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ import pyfuse3
 import pytest
 import trio
 
-from regfs import fs
-from regfs.cache import ReadStream
+from regfs.cache.blocks import ReadStream
 from regfs.errors import (
     AuthError,
     ForbiddenURLError,
@@ -27,8 +26,9 @@ from regfs.errors import (
     RegistryError,
     TransientError,
 )
-from regfs.fs import Operations, errno_for
-from regfs.tree import ROOT_INODE, BytesFile, Dir, File, Node, StaticDir, Tree
+from regfs.vfs import fuse as fs
+from regfs.vfs.fuse import Operations, errno_for
+from regfs.views.tree import ROOT_INODE, BytesFile, Dir, File, Node, StaticDir, Tree
 
 HELLO = b"hello, world\n" * 100
 

@@ -1,4 +1,4 @@
-"""regfs.manifest: parsing every document kind, self-consistency checks, digests, platforms."""
+"""regfs.oci.manifest: parsing every document kind, self-consistency checks, digests, platforms."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from regfs import manifest as mf
 from regfs.errors import ManifestError
+from regfs.oci import manifest as mf
 
 
 def _digest(seed: str) -> str:

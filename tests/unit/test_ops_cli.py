@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from regfs import cachectl
-from regfs.cache import DiskCache
+from regfs.cache.blocks import DiskCache
 from regfs.cli import build_parser, helper_args, is_helper_form
 from regfs.prefetch import Display, Item, Prefetch, display_names, plan
 

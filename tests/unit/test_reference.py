@@ -1,11 +1,11 @@
-"""regfs.reference: distribution's grammar for names, tags and digests; registry addresses."""
+"""regfs.oci.reference: distribution's grammar for names, tags and digests; registry addresses."""
 
 from __future__ import annotations
 
 import pytest
 
 from regfs.errors import InvalidReferenceError
-from regfs.reference import (
+from regfs.oci.reference import (
     MAX_REPOSITORY_LENGTH,
     RegistryAddress,
     check_digest,

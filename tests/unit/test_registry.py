@@ -1,4 +1,4 @@
-"""regfs.registry over httpx.MockTransport: the protocol corners a real registry won't produce."""
+"""regfs.registry.client over httpx.MockTransport: the protocol corners a real registry won't produce."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import httpx
 import pytest
 import trio
 
-from regfs import manifest as mf
 from regfs.errors import (
     AuthError,
     ForbiddenURLError,
@@ -24,7 +23,8 @@ from regfs.errors import (
     RateLimitedError,
     TransientError,
 )
-from regfs.registry import MAX_REDIRECTS, RetryPolicy, parse_retry_after
+from regfs.oci import manifest as mf
+from regfs.registry.client import MAX_REDIRECTS, RetryPolicy, parse_retry_after
 from tests.unit.mock_http import NO_WAIT, mock_client
 
 MANIFEST = json.dumps(

@@ -21,10 +21,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import manifest as mf
-from .cache import ReadStream
-from .errors import IntegrityError
-from .reference import DOCKER_HUB_HOST
+from ..cache.blocks import ReadStream
+from ..errors import IntegrityError
+from ..oci import manifest as mf
+from ..oci.reference import DOCKER_HUB_HOST
 from .tree import IMAGE_EXTRAS, BlobFile, BytesFile, Context, File, ImageName, Node, StaticDir
 
 REF_NAME = "org.opencontainers.image.ref.name"

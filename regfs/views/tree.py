@@ -11,57 +11,33 @@ from __future__ import annotations
 
 import json
 import logging
-import platform as host_platform
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TypeVar
 
 import trio
 
-from . import manifest as mf
-from .blobs import BlobSource, ForeignURLPolicy
-from .cache import BlobRef, BlockCache, DiskCache, ReadStream
-from .errors import (
+from ..cache.blocks import BlobRef, BlockCache, DiskCache, ReadStream
+from ..errors import (
     AuthError,
-    InvalidReferenceError,
-    ManifestError,
     NotFoundError,
     OfflineError,
     RegfsError,
-    RegistryError,
     TransientError,
 )
-from .reference import is_digest, is_repository, is_repository_component, is_tag, registry_key
-from .registry import RegistryClient
+from ..oci import manifest as mf
+from ..oci.platform import choose_platform, host_platform_default, platform_names
+from ..oci.reference import is_digest, is_repository, is_repository_component, is_tag, registry_key
+from ..registry.blobs import BlobSource, ForeignURLPolicy
+from ..registry.client import RegistryClient
+from ..registry.fallback import via_mirrors
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ROOT_INODE = 1
-
-
-def host_platform_default() -> mf.Platform:
-    machine = host_platform.machine().lower()
-    arch, variant = {
-        "x86_64": ("amd64", ""),
-        "amd64": ("amd64", ""),
-        "aarch64": ("arm64", "v8"),
-        "arm64": ("arm64", "v8"),
-        "armv7l": ("arm", "v7"),
-        "ppc64le": ("ppc64le", ""),
-        "s390x": ("s390x", ""),
-        "i686": ("386", ""),
-    }.get(machine, (machine, ""))
-    return mf.Platform("linux", arch, variant)
-
-
-def parse_platform(text: str) -> mf.Platform:
-    parts = text.split("/")
-    if len(parts) not in (2, 3) or not all(parts):
-        raise InvalidReferenceError(f"invalid platform {text!r} (use os/arch[/variant])")
-    return mf.Platform(parts[0], parts[1], parts[2] if len(parts) == 3 else "")
 
 
 @dataclass
@@ -108,7 +84,9 @@ class Context:
                 raise OfflineError(f"{repo}:{reference} is not cached")
             return mf.parse_document(raw, digest=digest)
         try:
-            doc = await self.via_mirrors(lambda c: c.get_manifest(repo, reference))
+            doc = await via_mirrors(
+                self.mirrors, self.client, lambda c: c.get_manifest(repo, reference)
+            )
         except TransientError:
             # A network failure with the tag seen before: serve what it last resolved to.
             digest = None if is_digest(reference) else await self._cached_tag(repo, reference)
@@ -123,28 +101,6 @@ class Context:
             if not is_digest(reference):
                 disk.put_tag(self.registry, repo, reference, doc.digest)
         return doc
-
-    async def via_mirrors(self, call: Callable[[RegistryClient], Awaitable[T]]) -> T:
-        """Ask each pull-through mirror in turn, then the registry itself.
-
-        A mirror that fails in any way (unreachable, 404, 429, a document not matching its
-        digest) falls through to the next; the registry's own answer or error is final,
-        except that a registry out of reach does not overrule a mirror's 404.
-        """
-        not_found: NotFoundError | None = None
-        for mirror in self.mirrors:
-            try:
-                return await call(mirror)
-            except (RegistryError, ManifestError) as exc:
-                log.info("mirror %s: %s; falling through", mirror.address, exc)
-                if isinstance(exc, NotFoundError) and not_found is None:
-                    not_found = exc
-        try:
-            return await call(self.client)
-        except TransientError:
-            if not_found is not None:
-                raise not_found from None
-            raise
 
     async def _cached_document(self, digest: str) -> bytes | None:
         if self.disk is None:
@@ -374,32 +330,6 @@ async def image_entries(
     return entries
 
 
-def choose_platform(index: mf.Index, want: mf.Platform) -> mf.Descriptor | None:
-    images = [d for d in index.manifests if d.media_type in mf.MANIFEST_TYPES or not d.media_type]
-    matching = [d for d in images if d.platform is not None and d.platform.matches(want)]
-    if matching:
-        return matching[0]
-    if len(images) == 1:
-        return images[0]
-    return None
-
-
-def platform_names(index: mf.Index) -> list[tuple[str, mf.Descriptor]]:
-    """Directory names for an index's entries: os-arch[-variant], made unique when needed."""
-    named: list[tuple[str, mf.Descriptor]] = []
-    used: set[str] = set()
-    for d in index.manifests:
-        base = d.platform.dirname if d.platform else "unknown"
-        name = base
-        if name in used and d.platform and d.platform.os_version:
-            name = f"{base}-{d.platform.os_version}"
-        if name in used:
-            name = f"{base}-{d.digest.split(':', 1)[1][:12]}"
-        used.add(name)
-        named.append((name, d))
-    return named
-
-
 class PlatformsDir(Dir):
     def __init__(self, name: str, ctx: Context, repo: str, index: mf.Index) -> None:
         super().__init__(name)
@@ -473,7 +403,13 @@ class RepoDir(Dir):
                 else []
             )
         try:
-            return sorted(set(await self.ctx.via_mirrors(lambda c: c.list_tags(self.path))))
+            return sorted(
+                set(
+                    await via_mirrors(
+                        self.ctx.mirrors, self.ctx.client, lambda c: c.list_tags(self.path)
+                    )
+                )
+            )
         except (NotFoundError, AuthError) as exc:
             log.debug("tags of %s: %s", self.path, exc)
             if isinstance(exc, AuthError):

@@ -41,7 +41,7 @@ from typing import Any
 import httpx
 import trio
 
-from regfs.errors import AuthError, ProtocolError, RateLimitedError, TransientError
+from ..errors import AuthError, ProtocolError, RateLimitedError, TransientError
 
 log = logging.getLogger(__name__)
 

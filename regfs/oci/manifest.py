@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ManifestError
+from ..errors import ManifestError
 from .reference import is_digest
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"

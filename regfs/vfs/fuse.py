@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import pyfuse3
 import trio
 
-from .errors import (
+from ..errors import (
     AuthError,
     ForbiddenURLError,
     IntegrityError,
@@ -28,7 +28,7 @@ from .errors import (
     RegfsError,
     TransientError,
 )
-from .tree import Dir, Node, Tree
+from ..views.tree import Dir, Node, Tree
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

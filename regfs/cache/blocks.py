@@ -35,8 +35,8 @@ from typing import Any, Protocol, TypeVar
 import trio
 from cachetools import LRUCache
 
-from .errors import IntegrityError, OfflineError, RegfsError
-from .reference import is_digest
+from ..errors import IntegrityError, OfflineError, RegfsError
+from ..oci.reference import is_digest
 
 log = logging.getLogger(__name__)
 

@@ -21,15 +21,15 @@ from dataclasses import dataclass
 import httpx
 import trio
 
-from .errors import (
+from ..errors import (
     ForbiddenURLError,
     NotFoundError,
     ProtocolError,
     RegistryError,
     TransientError,
 )
-from .manifest import Descriptor
-from .registry import RegistryClient, pull_scope, status_error, transport_error
+from ..oci.manifest import Descriptor
+from .client import RegistryClient, pull_scope, status_error, transport_error
 
 log = logging.getLogger(__name__)
 

@@ -30,9 +30,7 @@ import httpcore
 import httpx
 import trio
 
-from . import manifest as mf
-from .auth import MAX_SMALL_BODY, Credentials, RegistryAuth, read_capped
-from .errors import (
+from ..errors import (
     AuthError,
     ForbiddenURLError,
     ManifestError,
@@ -42,13 +40,15 @@ from .errors import (
     RegistryError,
     TransientError,
 )
-from .reference import (
+from ..oci import manifest as mf
+from ..oci.reference import (
     RegistryAddress,
     check_digest,
     check_reference,
     check_repository,
     is_digest,
 )
+from .auth import MAX_SMALL_BODY, Credentials, RegistryAuth, read_capped
 
 log = logging.getLogger(__name__)
 
