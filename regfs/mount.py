@@ -19,7 +19,8 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from .cache.blocks import BlockCache, DiskCache
+from .cache.blocks import BlockCache
+from .cache.disk import DiskCache
 from .dirs import default_cache_dir, state_dir
 from .errors import RegfsError
 from .oci.reference import parse_registry

@@ -1,310 +1,35 @@
-"""The block cache: memory LRU over a persistent disk tier, single-flight fetches, readahead
-and verification of whole blobs.
+"""The block cache: memory LRU over the disk tier (disk.py), single-flight fetches, readahead
+(readahead.py decides the window) and verification of whole blobs.
 
 Blocks are fixed-size pieces of a blob, keyed by (digest, index). A block is fetched once
 however many readers want it; a sequential reader gets readahead that grows with it, split
 into several ranged requests in flight at once (a CDN that throttles each connection still
 gives several times one connection's rate).
 
-Disk layout under the cache directory (shared safely by concurrent mounts: every file is
-written to a temporary name and renamed into place; each block file ends with a 12-byte
-trailer of its length and CRC-32, so a torn or flipped block is detected and refetched):
-
-    v1/blobs/<alg>/<hex>/<index>            blocks of blobs verified against their digest
-    v1/pending/<registry>/<alg>/<hex>/<index>  blocks of blobs not yet verified; per registry,
-                                            so one registry's unverified bytes never serve another
-    v1/documents/<alg>/<hex>                manifests and configs by digest
-    v1/tags/<registry>/<repo>/<tag>         the digest a tag last resolved to (for --offline)
+Each blob read through the cache is hashed as its blocks go by in order. A digest mismatch
+purges every block of that attempt (memory and disk) and begins the blob's next generation:
+a block read or fetched for an older generation is dropped, never served or kept.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import shutil
-import struct
-import tempfile
-import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol, TypeVar
 
 import trio
 from cachetools import LRUCache
 
-from ..errors import IntegrityError, OfflineError, RegfsError
-from ..oci.reference import is_digest
+from ..errors import IntegrityError, OfflineError
+from .blob import SMALL_BLOB, BlobRef, blocking
+from .disk import DiskCache
+from .readahead import Readahead, ReadaheadWindow
 
 log = logging.getLogger(__name__)
 
-_TRAILER = struct.Struct("<QI")  # length, CRC-32
-SIZE_FILE = "size"  # in a blob's directory: the blob's full size, as decimal text
 DEFAULT_BLOCK_SIZE = 4 << 20
-T = TypeVar("T")
-
-
-class Source(Protocol):
-    """Where a blob's bytes come from (blobs.BlobSource)."""
-
-    async def fetch(
-        self, start: int, end: int, sink: Callable[[bytes], Awaitable[None]]
-    ) -> None: ...
-
-
-@dataclass(frozen=True)
-class BlobRef:
-    """What the cache needs to know of a blob."""
-
-    digest: str
-    size: int
-    registry: str  # registry key: unverified blocks are kept per registry
-    source: Source | None  # None: offline, cache only
-
-    def __hash__(self) -> int:
-        return hash(self.digest)
-
-
-# -- the disk tier ---------------------------------------------------------------------
-
-
-def _split(digest: str) -> tuple[str, str]:
-    if not is_digest(digest):
-        raise ValueError(f"invalid digest {digest!r}")
-    algorithm, hexpart = digest.split(":", 1)
-    return algorithm, hexpart
-
-
-def _safe_component(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
-
-
-def write_atomic(path: Path, data: bytes, *, trailer: bool) -> None:
-    # `regfs cache prune/clear` may remove the directory under us: make it again, once.
-    for attempt in (1, 2):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        except FileNotFoundError:
-            if attempt == 2:
-                raise
-            continue
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                if trailer:
-                    f.write(_TRAILER.pack(len(data), zlib.crc32(data)))
-            os.replace(tmp, path)
-            return
-        except FileNotFoundError:
-            if attempt == 2:
-                raise
-        except BaseException:
-            with suppress(OSError):
-                os.unlink(tmp)
-            raise
-
-
-def read_checked(path: Path) -> bytes | None:
-    """A block file's data if its trailer matches; a damaged file is removed."""
-    try:
-        raw = path.read_bytes()
-    except OSError:
-        return None
-    if len(raw) >= _TRAILER.size:
-        length, crc = _TRAILER.unpack_from(raw, len(raw) - _TRAILER.size)
-        data = raw[: -_TRAILER.size]
-        if length == len(data) and zlib.crc32(data) == crc:
-            return data
-    log.warning("damaged cache file %s removed", path)
-    with suppress(OSError):
-        path.unlink()
-    return None
-
-
-class BlockSizeMismatch(RegfsError):
-    """A cache directory made with another --block-size."""
-
-
-class DiskCache:
-    """The persistent tier. Every method is blocking: call it through trio.to_thread."""
-
-    def __init__(self, root: Path, max_bytes: int, block_size: int | None = None) -> None:
-        self.root = Path(root) / "v1"
-        self.max_bytes = max_bytes
-        self.written_since_evict = 0
-        for sub in ("blobs", "pending", "documents", "tags"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
-        if block_size is not None:
-            self._check_block_size(block_size)
-
-    def _check_block_size(self, block_size: int) -> None:
-        """Block files are named by index: one cache directory holds one block size only, or
-        block 1 of a 1M mount would be read from a 4M mount's block 1."""
-        path = self.root / "block-size"
-        with suppress(FileExistsError):
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            with os.fdopen(fd, "w") as f:
-                f.write(str(block_size))
-        recorded = path.read_text().strip()
-        if recorded != str(block_size):
-            raise BlockSizeMismatch(
-                f"cache {self.root.parent} holds blocks of {recorded} bytes, not {block_size}: "
-                "use the same --block-size or another --cache-dir"
-            )
-
-    def verified_dir(self, digest: str) -> Path:
-        algorithm, hexpart = _split(digest)
-        return self.root / "blobs" / algorithm / hexpart
-
-    def pending_dir(self, digest: str, registry: str) -> Path:
-        algorithm, hexpart = _split(digest)
-        return self.root / "pending" / _safe_component(registry) / algorithm / hexpart
-
-    def is_verified(self, digest: str) -> bool:
-        return (self.verified_dir(digest) / "verified").exists()
-
-    # Pending first, then verified: promote() moves files in that direction, so a block in
-    # transit is found in one of the two and never taken for missing.
-
-    def read_block(self, digest: str, index: int, registry: str) -> bytes | None:
-        for directory in (self.pending_dir(digest, registry), self.verified_dir(digest)):
-            data = read_checked(directory / str(index))
-            if data is not None:
-                return data
-        return None
-
-    def has_block(self, digest: str, index: int, registry: str) -> bool:
-        return (self.pending_dir(digest, registry) / str(index)).exists() or (
-            self.verified_dir(digest) / str(index)
-        ).exists()
-
-    def unverify(self, digest: str) -> None:
-        """A verified blob lost a block: what is fetched again must be checked again."""
-        with suppress(OSError):
-            (self.verified_dir(digest) / "verified").unlink()
-
-    def write_block(
-        self, digest: str, index: int, registry: str, data: bytes, blob_size: int | None = None
-    ) -> None:
-        # Always pending: only promote(), after the digest matched, puts blocks where every
-        # registry may read them.
-        directory = self.pending_dir(digest, registry)
-        write_atomic(directory / str(index), data, trailer=True)
-        if blob_size is not None and not (directory / SIZE_FILE).exists():
-            # Lets `regfs cache info` say how much of the blob is cached.
-            write_atomic(directory / SIZE_FILE, str(blob_size).encode(), trailer=False)
-        self.written_since_evict += len(data)
-        if self.written_since_evict > max(self.max_bytes // 20, 64 << 20):
-            self.evict()
-
-    def promote(self, digest: str, registry: str) -> None:
-        """Move a verified blob's pending blocks where every registry may use them."""
-        source = self.pending_dir(digest, registry)
-        target = self.verified_dir(digest)
-        target.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            for entry in source.iterdir():
-                if entry.name.isdigit() or entry.name == SIZE_FILE:
-                    with suppress(OSError):
-                        os.replace(entry, target / entry.name)
-            shutil.rmtree(source, ignore_errors=True)
-        write_atomic(target / "verified", b"", trailer=False)
-
-    def purge(self, digest: str, registry: str | None = None) -> None:
-        shutil.rmtree(self.verified_dir(digest), ignore_errors=True)
-        pending = self.root / "pending"
-        registries = (
-            [_safe_component(registry)] if registry else [p.name for p in pending.iterdir()]
-        )
-        algorithm, hexpart = _split(digest)
-        for reg in registries:
-            shutil.rmtree(pending / reg / algorithm / hexpart, ignore_errors=True)
-
-    # -- documents and tags (small, content-addressed or advisory) ----------------------
-
-    def put_document(self, digest: str, raw: bytes) -> None:
-        algorithm, hexpart = _split(digest)
-        write_atomic(self.root / "documents" / algorithm / hexpart, raw, trailer=True)
-
-    def get_document(self, digest: str) -> bytes | None:
-        algorithm, hexpart = _split(digest)
-        return read_checked(self.root / "documents" / algorithm / hexpart)
-
-    def _tag_path(self, registry: str, repo: str, tag: str) -> Path:
-        return self.root / "tags" / _safe_component(registry) / repo / "_tags" / tag
-
-    def put_tag(self, registry: str, repo: str, tag: str, digest: str) -> None:
-        write_atomic(self._tag_path(registry, repo, tag), digest.encode(), trailer=True)
-
-    def get_tag(self, registry: str, repo: str, tag: str) -> str | None:
-        data = read_checked(self._tag_path(registry, repo, tag))
-        text = data.decode(errors="replace") if data else None
-        return text if text and is_digest(text) else None
-
-    def cached_tags(self, registry: str, repo: str) -> list[str]:
-        with suppress(OSError):
-            return sorted(os.listdir(self._tag_path(registry, repo, "x").parent))
-        return []
-
-    def cached_repos(self, registry: str) -> list[str]:
-        base = self.root / "tags" / _safe_component(registry)
-        return (
-            sorted(str(p.parent.relative_to(base)) for p in base.rglob("_tags"))
-            if base.is_dir()
-            else []
-        )
-
-    # -- size accounting ----------------------------------------------------------------
-
-    def blob_dirs(self) -> list[Path]:
-        dirs = [d for alg in (self.root / "blobs").glob("*") for d in alg.iterdir() if d.is_dir()]
-        dirs += [d for d in (self.root / "pending").glob("*/*/*") if d.is_dir()]
-        return dirs
-
-    def usage(self) -> int:
-        return sum(f.stat().st_size for d in self.blob_dirs() for f in d.iterdir() if f.is_file())
-
-    def evict(self, max_bytes: int | None = None) -> int:
-        """Remove least recently used blob directories until under the limit; bytes removed."""
-        limit = self.max_bytes if max_bytes is None else max_bytes
-        self.written_since_evict = 0
-        entries = []
-        total = 0
-        for directory in self.blob_dirs():
-            with suppress(OSError):
-                files = [f.stat() for f in directory.iterdir() if f.is_file()]
-                size = sum(s.st_size for s in files)
-                used = max([s.st_mtime for s in files] + [directory.stat().st_mtime])
-                entries.append((used, size, directory))
-                total += size
-        removed = 0
-        for _used, size, directory in sorted(entries):
-            if total <= limit:
-                break
-            shutil.rmtree(directory, ignore_errors=True)
-            total -= size
-            removed += size
-        return removed
-
-    def touch(self, digest: str, registry: str) -> None:
-        """Mark a blob as used now: eviction goes by last use (newest mtime in its directory)."""
-        for directory in (self.verified_dir(digest), self.pending_dir(digest, registry)):
-            with suppress(OSError):
-                os.utime(directory)
-
-
-SMALL_BLOB = 256 * 1024
-
-
-async def blocking(small: bool, call: Callable[..., T], *args: Any) -> T:
-    """Run blocking disk or hashing work: inline for small blobs and documents (configs,
-    manifests), where a hop to a worker thread costs more than the work; else in a thread."""
-    if small:
-        return call(*args)
-    return await trio.to_thread.run_sync(call, *args)
 
 
 # -- the cache ---------------------------------------------------------------------------
@@ -330,25 +55,24 @@ class _Flight:
 
 @dataclass
 class _BlobState:
-    """Verification of one blob as its blocks go by in order."""
+    """Verification of one attempt at a blob as its blocks go by in order."""
 
     algorithm: str
     hasher: hashlib._Hash
+    # Which attempt: a purge after a digest mismatch, or a verified blob that lost blocks and
+    # is checked again, begins the next generation with a fresh state.
+    generation: int = 0
     hashed_blocks: int = 0
     verified: bool = False
-    mismatch: bool = False
     lock: trio.Lock = field(default_factory=trio.Lock)
     background: int = 0  # readahead requests in flight
     landed: bool = False  # a block landed while the hasher held the lock: look again
 
 
 @dataclass
-class ReadStream:
+class ReadStream(ReadaheadWindow):
     """Per open file: where the last read ended, and how far ahead to fetch."""
 
-    next_offset: int = 0
-    window: int = 0
-    scheduled: int = 0  # readahead has looked at blocks below this index already
     # Failed verifications of the blob when this handle first read it: a handle that lived
     # through a failure gets EIO from then on, so the kernel cannot re-read the purged part
     # and complete a whole-file read with bytes that were never checked.
@@ -372,7 +96,7 @@ class BlockCache:
         self.memory: LRUCache[tuple[str, int], bytes] = LRUCache(
             maxsize=max(memory_bytes, block_size), getsizeof=len
         )
-        self.readahead_bytes = readahead_bytes
+        self.readahead = Readahead(readahead_bytes, block_size)
         self.request_blocks = max(1, request_bytes // block_size)
         self.max_background = max_background
         self.offline = offline
@@ -421,6 +145,21 @@ class BlockCache:
             self.states[blob.digest] = state
         return state
 
+    def _next_generation(self, digest: str) -> None:
+        """Begin a new attempt at the blob: not verified, hashed from its first block again."""
+        state = self.states.get(digest)
+        if state is not None:
+            algorithm = state.algorithm
+            self.states[digest] = _BlobState(
+                algorithm, hashlib.new(algorithm), generation=state.generation + 1
+            )
+
+    def _superseded(self, digest: str, generation: int) -> bool:
+        """A purge (or a new verification) since `generation` began: its blocks may be the
+        failed attempt's bytes, so they are neither served nor kept."""
+        state = self.states.get(digest)
+        return state is None or state.generation != generation
+
     def _cached(self, blob: BlobRef, index: int) -> bool:
         if (blob.digest, index) in self.memory:
             return True
@@ -441,7 +180,7 @@ class BlockCache:
             if stream.failures_seen is None:
                 stream.failures_seen = self.failures.get(blob.digest, 0)
             self._check_failures(blob, stream)
-            self._read_ahead(blob, stream, offset, end, last)
+            self._read_ahead(blob, stream, offset, end)
         parts = []
         for index in range(first, last + 1):
             parts.append(await self.block(blob, index, want_through=last))
@@ -479,11 +218,11 @@ class BlockCache:
                     raise IntegrityError(f"blob {blob.digest} does not match its digest")
                 continue
             if self.disk is not None:
-                generation = self.states.get(blob.digest)
+                generation = self._state(blob).generation
                 data = await blocking(
                     blob.size <= SMALL_BLOB, self.disk.read_block, blob.digest, index, blob.registry
                 )
-                if self.states.get(blob.digest) is not generation:
+                if self._superseded(blob.digest, generation):
                     continue  # purged while we read: the file may be from the failed attempt
                 if data is not None and len(data) == self._block_length(blob, index):
                     self.stats.disk_hits += 1
@@ -527,7 +266,7 @@ class BlockCache:
             # A verified blob lost blocks (evicted, damaged, pruned): bytes fetched again are
             # checked again, from the first block, before it counts as verified once more.
             log.info("blob %s lost cached blocks; verifying it again", blob.digest[:19])
-            self.states[blob.digest] = _BlobState(state.algorithm, hashlib.new(state.algorithm))
+            self._next_generation(blob.digest)
             if self.disk is not None:
                 self.disk.unverify(blob.digest)
         flights = {i: _Flight() for i in indexes}
@@ -560,9 +299,9 @@ class BlockCache:
                 pending_bytes = len(rest)
                 # A purge (digest mismatch) since this run began: its bytes belong to the
                 # failed attempt and must not outlive it; the waiters fetch afresh.
-                if self.states.get(blob.digest) is state:
+                if not self._superseded(blob.digest, state.generation):
                     await self._store(blob, index, data)
-                    if self.states.get(blob.digest) is not state:  # purged while we wrote
+                    if self._superseded(blob.digest, state.generation):  # purged while we wrote
                         self.memory.pop((blob.digest, index), None)
                         if self.disk is not None:
                             await trio.to_thread.run_sync(
@@ -626,26 +365,13 @@ class BlockCache:
 
     # -- readahead ----------------------------------------------------------------------
 
-    def _read_ahead(
-        self, blob: BlobRef, stream: ReadStream, offset: int, end: int, last: int
-    ) -> None:
-        # The window grows by twice the bytes read in order, not per request: the kernel splits
-        # one read (the first MiB, a random 1 MiB pread) into several in-order requests, and
-        # that is not yet a stream. Readahead starts once a whole block was read in order.
-        if offset == stream.next_offset:
-            stream.window = min(self.readahead_bytes, stream.window + 2 * (end - offset))
-        else:
-            stream.window = 0
-            stream.scheduled = 0
-        stream.next_offset = end
-        if stream.window < 2 * self.block_size or blob.source is None or self.offline:
+    def _read_ahead(self, blob: BlobRef, stream: ReadStream, offset: int, end: int) -> None:
+        ahead = self.readahead.after_read(stream, offset, end, self.blocks(blob.size))
+        if ahead is None or blob.source is None or self.offline:
             return
         state = self._state(blob)
-        stop = min(self.blocks(blob.size), last + 1 + stream.window // self.block_size)
-        # Start past what earlier reads of this stream already looked at: checking each block
-        # of the window again on every 128 KiB read cost two stat calls per block.
-        index = max(last + 1, stream.scheduled)
-        while index < stop and state.background < self.max_background:
+        index = ahead.start
+        while index < ahead.stop and state.background < self.max_background:
             key = (blob.digest, index)
             if key in self.flights or key in self.memory:
                 index += 1
@@ -656,10 +382,10 @@ class BlockCache:
                 continue
             if state.verified:
                 break  # a verified blob missing a block: only a reader's need refetches it
-            chunk_stop = min(stop, index + self.request_blocks)
+            chunk_stop = min(ahead.stop, index + self.request_blocks)
             self._start_fetch(blob, index, chunk_stop, background=True)
             index = chunk_stop
-        stream.scheduled = index
+        self.readahead.looked_at(stream, index)
 
     def _start_load(self, blob: BlobRef, index: int) -> None:
         assert self._nursery is not None
@@ -677,7 +403,7 @@ class BlockCache:
             )
             # Not after a purge: the file may be from the failed attempt.
             fits = data is not None and len(data) == self._block_length(blob, index)
-            if fits and data is not None and self.states.get(blob.digest) is state:
+            if fits and data is not None and not self._superseded(blob.digest, state.generation):
                 self.stats.disk_hits += 1
                 self.memory[(blob.digest, index)] = data
         finally:
@@ -690,7 +416,7 @@ class BlockCache:
         """Feed the blob's blocks to its hasher in order, as far as they are at hand."""
         total = self.blocks(blob.size)
         async with state.lock:
-            if self.states.get(blob.digest) is not state:
+            if self._superseded(blob.digest, state.generation):
                 return  # judged (and purged) while we waited for the lock: judge it once
             while not state.verified and state.hashed_blocks < total:
                 index = state.hashed_blocks
@@ -731,9 +457,7 @@ class BlockCache:
         log.error("blob %s does not match its digest (got %s): purged", blob.digest, actual)
         self.stats.failed += 1
         self.failures[blob.digest] = self.failures.get(blob.digest, 0) + 1
-        state.mismatch = True  # readers holding this state see it while the purge runs
         await self.purge(blob.digest, blob.registry)
-        self.states[blob.digest] = _BlobState(state.algorithm, hashlib.new(state.algorithm))
 
     def _check_failures(self, blob: BlobRef, stream: ReadStream) -> None:
         if self.failures.get(blob.digest, 0) > (stream.failures_seen or 0):
@@ -745,21 +469,17 @@ class BlockCache:
         state = self._state(blob)
         if state.verified:
             return
-        if not state.mismatch:
-            total = self.blocks(blob.size)
-            # Hash what is at hand; a partial (random) reader does not pay for the rest. The
-            # fetch task hashes blocks as they land, so a blob whose next block to hash is
-            # not in memory is not complete yet (or was read in another mount): the full
-            # check, with its stat calls, runs only when the end of the blob is read then.
-            next_at_hand = (blob.digest, state.hashed_blocks) in self.memory
-            if (next_at_hand or reads_end) and all(
-                self._cached(blob, i) for i in range(state.hashed_blocks, total)
-            ):
-                await self._advance_hash(blob, state, fetch_missing=True)
-            state = self._state(blob)
-        if state.mismatch:
-            state.mismatch = False
-            raise IntegrityError(f"blob {blob.digest} does not match its digest")
+        total = self.blocks(blob.size)
+        # Hash what is at hand; a partial (random) reader does not pay for the rest. The fetch
+        # task hashes blocks as they land, so a blob whose next block to hash is not in memory
+        # is not complete yet (or was read in another mount): the full check, with its stat
+        # calls, runs only when the end of the blob is read then. A mismatch found here (or
+        # by any task) shows as a failure count that read() compares.
+        next_at_hand = (blob.digest, state.hashed_blocks) in self.memory
+        if (next_at_hand or reads_end) and all(
+            self._cached(blob, i) for i in range(state.hashed_blocks, total)
+        ):
+            await self._advance_hash(blob, state, fetch_missing=True)
 
     async def purge(self, digest: str, registry: str | None = None) -> None:
         self.stats.purges += 1
@@ -769,7 +489,7 @@ class BlockCache:
             # Not in a thread: no other task may see the failed attempt's files half-removed
             # (rare: only after a digest mismatch).
             self.disk.purge(digest, registry)
-        self.states.pop(digest, None)
+        self._next_generation(digest)
         await trio.lowlevel.checkpoint()
 
     # -- whole small blobs (configs) ----------------------------------------------------

@@ -19,7 +19,9 @@ from typing import TypeVar
 
 import trio
 
-from ..cache.blocks import BlobRef, BlockCache, DiskCache, ReadStream
+from ..cache.blob import BlobRef
+from ..cache.blocks import BlockCache, ReadStream
+from ..cache.disk import DiskCache
 from ..errors import (
     AuthError,
     NotFoundError,

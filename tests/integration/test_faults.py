@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from regfs.cache.blocks import BlobRef, BlockCache, DiskCache
+from regfs.cache.blob import BlobRef
+from regfs.cache.blocks import BlockCache
+from regfs.cache.disk import DiskCache
 from regfs.errors import (
     AuthError,
     ForbiddenURLError,

@@ -1,4 +1,4 @@
-"""regfs.cache.blocks: the block cache over a fake Source, and the disk tier on its own."""
+"""regfs.cache: the block cache over a fake Source, and the disk tier on its own."""
 
 from __future__ import annotations
 
@@ -12,14 +12,9 @@ import pytest
 import trio
 import trio.testing
 
-from regfs.cache.blocks import (
-    BlobRef,
-    BlockCache,
-    DiskCache,
-    ReadStream,
-    read_checked,
-    write_atomic,
-)
+from regfs.cache.blob import BlobRef
+from regfs.cache.blocks import BlockCache, ReadStream
+from regfs.cache.disk import BlockSizeMismatch, DiskCache, read_checked, write_atomic
 from regfs.errors import IntegrityError, OfflineError, TransientError
 from tests.fixtures.images import random_bytes
 
@@ -541,8 +536,6 @@ async def test_a_verified_blob_missing_one_block_checks_the_refetched_bytes(
 
 
 def test_a_cache_directory_holds_one_block_size(tmp_path: Path) -> None:
-    from regfs.cache.blocks import BlockSizeMismatch
-
     DiskCache(tmp_path / "c", max_bytes=1 << 20, block_size=4 << 20)
     DiskCache(tmp_path / "c", max_bytes=1 << 20, block_size=4 << 20)  # the same: fine
     with pytest.raises(BlockSizeMismatch, match="--block-size"):

@@ -13,7 +13,8 @@ import httpx
 import pytest
 import trio
 
-from regfs.cache.blocks import BlobRef, BlockCache, ReadStream
+from regfs.cache.blob import BlobRef
+from regfs.cache.blocks import BlockCache, ReadStream
 from regfs.errors import AuthError, ForbiddenURLError, IntegrityError, NotFoundError
 from regfs.oci import manifest as mf
 from regfs.registry.blobs import BlobSource, ForeignURLPolicy

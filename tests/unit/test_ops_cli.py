@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from regfs import cachectl
-from regfs.cache.blocks import DiskCache
+from regfs.cache import disk as disk_tier
+from regfs.cache.disk import DiskCache
 from regfs.cli import build_parser, helper_args, is_helper_form
 from regfs.prefetch import Display, Item, Prefetch, display_names, plan
 
@@ -105,19 +106,19 @@ def test_cache_clear_and_prune(tmp_path: Path) -> None:
     os.utime(disk.verified_dir(DIGEST_B), (1, 1))  # B: used long ago
     for f in disk.verified_dir(DIGEST_B).iterdir():
         os.utime(f, (1, 1))
-    blobs = {b.digest: b for b in cachectl.cached_blobs(tmp_path)}
+    blobs = {b.digest: b for b in disk_tier.scan(tmp_path).blobs}
     assert blobs[DIGEST_A].fraction == 0.5 and not blobs[DIGEST_A].verified
     assert blobs[DIGEST_B].fraction == 1.0 and blobs[DIGEST_B].verified
 
     assert cachectl.prune(tmp_path, 2000) > 0
-    assert [b.digest for b in cachectl.cached_blobs(tmp_path)] == [DIGEST_A]  # LRU went
+    assert [b.digest for b in disk_tier.scan(tmp_path).blobs] == [DIGEST_A]  # LRU went
 
     disk.put_document(DIGEST_B, b"{}")
     assert cachectl.clear(tmp_path, DIGEST_B) > 0
     assert disk.get_document(DIGEST_B) is None
     cachectl.clear(tmp_path)
-    assert cachectl.cached_blobs(tmp_path) == []
-    assert sorted(p.name for p in (tmp_path / "v1").iterdir()) == sorted(cachectl.SUBDIRS)
+    assert disk_tier.scan(tmp_path).blobs == []
+    assert sorted(p.name for p in (tmp_path / "v1").iterdir()) == sorted(disk_tier.AREAS)
     disk.write_block(DIGEST_A, 0, "reg", b"a" * 10)  # a running mount goes on writing
     with pytest.raises(ValueError):
         cachectl.clear(tmp_path, "sha256:nothex")

@@ -1,0 +1,43 @@
+"""What the cache is told of a blob, and how blocking work on a blob's behalf runs."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import trio
+
+T = TypeVar("T")
+
+
+class Source(Protocol):
+    """Where a blob's bytes come from (registry.blobs.BlobSource)."""
+
+    async def fetch(
+        self, start: int, end: int, sink: Callable[[bytes], Awaitable[None]]
+    ) -> None: ...
+
+
+@dataclass(frozen=True)
+class BlobRef:
+    """What the cache needs to know of a blob."""
+
+    digest: str
+    size: int
+    registry: str  # registry key: unverified blocks are kept per registry
+    source: Source | None  # None: offline, cache only
+
+    def __hash__(self) -> int:
+        return hash(self.digest)
+
+
+SMALL_BLOB = 256 * 1024  # and smaller: disk and hashing work runs inline
+
+
+async def blocking(small: bool, call: Callable[..., T], *args: Any) -> T:
+    """Run blocking disk or hashing work: inline for small blobs and documents (configs,
+    manifests), where a hop to a worker thread costs more than the work; else in a thread."""
+    if small:
+        return call(*args)
+    return await trio.to_thread.run_sync(call, *args)
