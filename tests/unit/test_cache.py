@@ -1,9 +1,9 @@
-"""regfs.cache: the block cache over a fake Source, and the disk tier on its own."""
+"""regfs.cache.blocks: the block cache over a fake Source, with and without a disk tier
+(the disk tier on its own: test_disk.py)."""
 
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -14,15 +14,13 @@ import trio.testing
 
 from regfs.cache.blob import BlobRef
 from regfs.cache.blocks import BlockCache, ReadStream
-from regfs.cache.disk import BlockSizeMismatch, DiskCache, read_checked, write_atomic
+from regfs.cache.disk import DiskCache, read_checked
 from regfs.errors import IntegrityError, OfflineError, TransientError
 from tests.fixtures.images import random_bytes
 
 BLOCK = 16
 DATA = random_bytes(100, seed=1)  # 7 blocks: six of 16 bytes and one of 4
 DIGEST = "sha256:" + hashlib.sha256(DATA).hexdigest()
-OTHER = random_bytes(100, seed=2)
-OTHER_DIGEST = "sha256:" + hashlib.sha256(OTHER).hexdigest()
 
 Sink = Callable[[bytes], Awaitable[None]]
 
@@ -321,40 +319,45 @@ async def test_wrong_bytes_in_one_big_read(disk: DiskCache) -> None:
         assert_purged(cache, disk, refetched=blocks_of(source.calls[1:]))
 
 
+class ServesInTurn(FakeSource):
+    """Serves each fetch the next of `attempts` (the last one from then on)."""
+
+    def __init__(self, *attempts: bytes) -> None:
+        super().__init__(attempts[0])
+        self.attempts = attempts
+
+    async def fetch(self, start: int, end: int, sink: Sink) -> None:
+        self.data = self.attempts[min(len(self.calls), len(self.attempts) - 1)]
+        await super().fetch(start, end, sink)
+
+
+@pytest.mark.parametrize("with_disk", [False, True])
+async def test_blocks_of_a_purged_attempt_are_neither_served_nor_kept(
+    disk: DiskCache, with_disk: bool
+) -> None:
+    store = disk if with_disk else None
+    bad = corrupted(DATA, 20)
+    source = ServesInTurn(DATA, bad, DATA)
+    cache = make_cache(store, readahead_bytes=64)
+    ref = blob(source)
+    async with cache.running():
+        assert await cache.read(ref, 0, BLOCK) == DATA[:BLOCK]
+        source.gate, source.started = trio.Event(), trio.Event()
+        await cache.read(ref, 0, BLOCK, ReadStream())  # readahead of blocks 1-2 sets out
+        await source.started.wait()
+        assert source.calls[1] == (BLOCK, 3 * BLOCK)
+        await cache.purge(DIGEST, "reg-a")  # the next generation begins while it is on its way
+        source.gate.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert memory_keys(cache) == []
+        if store is not None:
+            assert store.read_block(DIGEST, 1, "reg-a") is None
+        assert await cache.read(ref, BLOCK, 2 * BLOCK) == DATA[BLOCK : 3 * BLOCK]
+    assert source.calls[2:] == [(BLOCK, 3 * BLOCK)]
+
+
 # --------------------------------------------------------------------------------------------
-# the disk tier
-
-
-def test_write_atomic_and_read_checked(tmp_path: Path) -> None:
-    path = tmp_path / "a" / "b" / "block"
-    write_atomic(path, b"hello", trailer=True)
-    assert read_checked(path) == b"hello"
-    assert [p.name for p in path.parent.iterdir()] == ["block"]  # no temporary left
-
-
-@pytest.mark.parametrize(
-    "damage",
-    ["flip-data", "flip-trailer", "truncate", "truncate-to-trailer", "empty", "append"],
-)
-def test_crc_trailer_detects_damage(tmp_path: Path, damage: str) -> None:
-    path = tmp_path / "block"
-    write_atomic(path, DATA, trailer=True)
-    raw = bytearray(path.read_bytes())
-    if damage == "flip-data":
-        raw[10] ^= 0x04
-    elif damage == "flip-trailer":
-        raw[-1] ^= 0x80
-    elif damage == "truncate":
-        raw = raw[:-1]
-    elif damage == "truncate-to-trailer":
-        raw = raw[-12:]
-    elif damage == "empty":
-        raw = bytearray()
-    elif damage == "append":
-        raw += b"\0"
-    path.write_bytes(bytes(raw))
-    assert read_checked(path) is None
-    assert not path.exists()  # removed, so it is fetched again
+# with a disk tier: blocks that were there before, other registries, other mounts
 
 
 async def test_damaged_disk_block_is_refetched(disk: DiskCache) -> None:
@@ -399,28 +402,6 @@ async def test_unverified_blocks_stay_with_their_registry(disk: DiskCache) -> No
     assert source_c.calls == []  # verified blocks serve every registry
 
 
-def test_disk_pending_per_registry(disk: DiskCache) -> None:
-    disk.write_block(DIGEST, 0, "reg-a", DATA[:BLOCK])
-    assert disk.read_block(DIGEST, 0, "reg-a") == DATA[:BLOCK]
-    assert disk.read_block(DIGEST, 0, "reg-b") is None
-    assert not disk.has_block(DIGEST, 0, "reg-b")
-    disk.promote(DIGEST, "reg-a")
-    assert disk.is_verified(DIGEST)
-    assert disk.read_block(DIGEST, 0, "reg-b") == DATA[:BLOCK]
-    assert not disk.pending_dir(DIGEST, "reg-a").exists()
-    disk.purge(DIGEST)
-    assert disk.read_block(DIGEST, 0, "reg-a") is None
-    assert not disk.is_verified(DIGEST)
-
-
-def test_registry_names_cannot_escape_the_cache(disk: DiskCache) -> None:
-    disk.write_block(DIGEST, 0, "../../evil", DATA[:BLOCK])
-    assert disk.pending_dir(DIGEST, "../../evil").is_relative_to(disk.root / "pending")
-    assert disk.read_block(DIGEST, 0, "../../evil") == DATA[:BLOCK]
-    with pytest.raises(ValueError):
-        disk.verified_dir("sha256:../../etc")
-
-
 async def test_offline_reads_only_the_cache(disk: DiskCache) -> None:
     cache = make_cache(disk)
     async with cache.running():
@@ -430,79 +411,6 @@ async def test_offline_reads_only_the_cache(disk: DiskCache) -> None:
         assert await offline.read(blob(None), 0, 32) == DATA[:32]
         with pytest.raises(OfflineError):
             await offline.read(blob(None), 32, 1)
-
-
-def _fill(disk: DiskCache, digest: str, when: float, blocks: int = 3) -> None:
-    for index in range(blocks):
-        disk.write_block(digest, index, "reg-a", b"x" * 1000)
-    disk.promote(digest, "reg-a")
-    directory = disk.verified_dir(digest)
-    for entry in [*directory.iterdir(), directory]:
-        os.utime(entry, (when, when))
-
-
-def test_evict_keeps_under_limit_least_recently_used_first(disk: DiskCache) -> None:
-    digests = ["sha256:" + hashlib.sha256(bytes([i])).hexdigest() for i in range(4)]
-    for age, digest in enumerate(digests):
-        _fill(disk, digest, when=1_000_000 + age * 100)
-    per_blob = disk.usage() // 4
-    assert per_blob > 3000
-
-    removed = disk.evict(max_bytes=2 * per_blob + 10)
-    assert removed == 2 * per_blob
-    assert disk.usage() <= 2 * per_blob + 10
-    assert [disk.is_verified(d) for d in digests] == [False, False, True, True]
-
-    # A newer use of the older survivor makes the other one the next to go.
-    directory = disk.verified_dir(digests[2])
-    os.utime(directory, (2_000_000, 2_000_000))
-    disk.evict(max_bytes=per_blob)
-    assert [disk.is_verified(d) for d in digests] == [False, False, True, False]
-    disk.evict(max_bytes=0)
-    assert disk.usage() == 0
-
-
-def test_evict_counts_pending_blobs(disk: DiskCache) -> None:
-    disk.write_block(DIGEST, 0, "reg-a", b"x" * 5000)
-    assert disk.usage() >= 5000
-    disk.evict(max_bytes=100)
-    assert disk.usage() == 0
-    assert disk.read_block(DIGEST, 0, "reg-a") is None
-
-
-def test_documents_roundtrip(disk: DiskCache) -> None:
-    assert disk.get_document(DIGEST) is None
-    disk.put_document(DIGEST, b'{"schemaVersion": 2}')
-    assert disk.get_document(DIGEST) == b'{"schemaVersion": 2}'
-    path = disk.root / "documents" / "sha256" / DIGEST.split(":")[1]
-    raw = bytearray(path.read_bytes())
-    raw[0] ^= 1
-    path.write_bytes(bytes(raw))
-    assert disk.get_document(DIGEST) is None
-
-
-def test_tags_roundtrip(disk: DiskCache) -> None:
-    assert disk.get_tag("reg-a", "library/hello", "latest") is None
-    disk.put_tag("reg-a", "library/hello", "latest", DIGEST)
-    disk.put_tag("reg-a", "library/hello", "v1", OTHER_DIGEST)
-    disk.put_tag("reg-a", "team/project/tool", "3", DIGEST)
-    disk.put_tag("reg-b", "other", "x", DIGEST)
-    assert disk.get_tag("reg-a", "library/hello", "latest") == DIGEST
-    assert disk.get_tag("reg-a", "library/hello", "v1") == OTHER_DIGEST
-    assert disk.get_tag("reg-b", "library/hello", "latest") is None
-    disk.put_tag("reg-a", "library/hello", "latest", OTHER_DIGEST)  # tags move
-    assert disk.get_tag("reg-a", "library/hello", "latest") == OTHER_DIGEST
-    assert disk.cached_tags("reg-a", "library/hello") == ["latest", "v1"]
-    assert disk.cached_tags("reg-a", "nothing") == []
-    assert disk.cached_repos("reg-a") == ["library/hello", "team/project/tool"]
-    assert disk.cached_repos("reg-b") == ["other"]
-    assert disk.cached_repos("reg-z") == []
-
-
-def test_tag_file_holding_junk_is_ignored(disk: DiskCache) -> None:
-    path = disk._tag_path("reg-a", "repo", "latest")
-    write_atomic(path, b"not a digest", trailer=True)
-    assert disk.get_tag("reg-a", "repo", "latest") is None
 
 
 async def test_a_verified_blob_that_lost_blocks_is_verified_again(disk: DiskCache) -> None:
@@ -533,10 +441,3 @@ async def test_a_verified_blob_missing_one_block_checks_the_refetched_bytes(
         assert not cache.is_verified(DIGEST)
         # The refetched block never reached the verified directory every registry reads.
         assert not (disk.verified_dir(DIGEST) / "1").exists()
-
-
-def test_a_cache_directory_holds_one_block_size(tmp_path: Path) -> None:
-    DiskCache(tmp_path / "c", max_bytes=1 << 20, block_size=4 << 20)
-    DiskCache(tmp_path / "c", max_bytes=1 << 20, block_size=4 << 20)  # the same: fine
-    with pytest.raises(BlockSizeMismatch, match="--block-size"):
-        DiskCache(tmp_path / "c", max_bytes=1 << 20, block_size=1 << 20)
