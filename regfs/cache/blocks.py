@@ -366,7 +366,7 @@ class BlockCache:
     # -- readahead ----------------------------------------------------------------------
 
     def _read_ahead(self, blob: BlobRef, stream: ReadStream, offset: int, end: int) -> None:
-        ahead = self.readahead.after_read(stream, offset, end, self.blocks(blob.size))
+        ahead = self.readahead.after_read(stream, offset, end, blob.size)
         if ahead is None or blob.source is None or self.offline:
             return
         state = self._state(blob)

@@ -23,10 +23,8 @@ class Readahead:
         self.max_bytes = max_bytes
         self.block_size = block_size
 
-    def after_read(
-        self, stream: ReadaheadWindow, offset: int, end: int, blocks: int
-    ) -> range | None:
-        """Record a read of [offset, end) of a blob of `blocks` blocks; the blocks to look at
+    def after_read(self, stream: ReadaheadWindow, offset: int, end: int, size: int) -> range | None:
+        """Record a read of [offset, end) of a blob of `size` bytes; the blocks to look at
         ahead of it, or None while the reader is not (yet) a stream.
 
         The window grows by twice the bytes read in order, not per request: the kernel splits
@@ -41,8 +39,9 @@ class Readahead:
         stream.next_offset = end
         if stream.window < 2 * self.block_size:
             return None
-        last = (end - 1) // self.block_size
-        stop = min(blocks, last + 1 + stream.window // self.block_size)
+        block_size = self.block_size
+        last = (end - 1) // block_size
+        stop = min((size + block_size - 1) // block_size, last + 1 + stream.window // block_size)
         # Start past what earlier reads of this stream already looked at: checking each block
         # of the window again on every 128 KiB read cost two stat calls per block.
         return range(max(last + 1, stream.scheduled), stop)
