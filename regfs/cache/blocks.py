@@ -482,6 +482,8 @@ class BlockCache:
             await self._advance_hash(blob, state, fetch_missing=True)
 
     async def purge(self, digest: str, registry: str | None = None) -> None:
+        """Drop every block of the blob (memory, and disk for `registry` or all) and begin its
+        next generation, so nothing still on its way for this attempt is kept."""
         self.stats.purges += 1
         for key in [k for k in self.memory if k[0] == digest]:
             self.memory.pop(key, None)

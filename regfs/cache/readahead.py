@@ -31,15 +31,15 @@ class Readahead:
         one read (the first MiB, a random 1 MiB pread) into several in-order requests, and
         that is not yet a stream. Readahead starts once a whole block was read in order.
         """
+        block_size = self.block_size
         if offset == stream.next_offset:
             stream.window = min(self.max_bytes, stream.window + 2 * (end - offset))
         else:
             stream.window = 0
             stream.scheduled = 0
         stream.next_offset = end
-        if stream.window < 2 * self.block_size:
+        if stream.window < 2 * block_size:
             return None
-        block_size = self.block_size
         last = (end - 1) // block_size
         stop = min((size + block_size - 1) // block_size, last + 1 + stream.window // block_size)
         # Start past what earlier reads of this stream already looked at: checking each block
