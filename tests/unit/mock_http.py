@@ -9,7 +9,6 @@ import httpx
 import pytest
 
 from regfs.oci.reference import parse_registry
-from regfs.registry import client as registry
 from regfs.registry.client import RegistryClient, RetryPolicy
 
 Handler = Callable[[httpx.Request], httpx.Response]
@@ -41,17 +40,14 @@ def mock_client(
     retry: RetryPolicy = NO_WAIT,
     **kwargs: object,
 ) -> tuple[RegistryClient, Recorder]:
-    """A RegistryClient whose real httpx clients (headers, cookie policy) talk to `handler`."""
+    """A RegistryClient whose real httpx clients (headers, cookie policy) talk to `handler`.
+
+    `monkeypatch` is not needed any more (the transport is a constructor argument); it stays
+    in the signature so that the callers read as before.
+    """
     recorder = Recorder(handler)
-    real = registry.make_http_client
-
-    def patched(**options: object) -> httpx.AsyncClient:
-        client = real(**options)  # type: ignore[arg-type]
-        client._transport = httpx.MockTransport(recorder)
-        return client
-
-    monkeypatch.setattr(registry, "make_http_client", patched)
-    client = RegistryClient(parse_registry(address), retry=retry, **kwargs)  # type: ignore[arg-type]
+    transport = httpx.MockTransport(recorder)
+    client = RegistryClient(parse_registry(address), retry=retry, transport=transport, **kwargs)  # type: ignore[arg-type]
     return client, recorder
 
 

@@ -24,7 +24,8 @@ from regfs.errors import (
     TransientError,
 )
 from regfs.oci import manifest as mf
-from regfs.registry.client import MAX_REDIRECTS, RetryPolicy, parse_retry_after
+from regfs.registry.client import MAX_REDIRECTS, RetryPolicy
+from regfs.registry.http import parse_retry_after
 from tests.unit.mock_http import NO_WAIT, mock_client
 
 MANIFEST = json.dumps(
