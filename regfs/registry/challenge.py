@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 _TCHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -89,22 +89,21 @@ class _ChallengeParser:
 
     def _param_follows(self) -> bool:
         """Whether a ``name = value`` pair starts here (else: a new challenge or garbage)."""
-        save = self._pos
-        try:
-            if not self._token():
-                return False
-            self._skip_whitespace()
-            return self._peek() == "="
-        finally:
-            self._pos = save
+        return self._lookahead(self._token, lambda: self._peek() == "=")
 
     def _token68_follows(self) -> bool:
+        """Whether a token68 standing alone (up to the end or a comma) starts here."""
+        return self._lookahead(self._token68, lambda: self._at_end() or self._peek() == ",")
+
+    def _lookahead(self, read: Callable[[], str], then: Callable[[], bool]) -> bool:
+        """Whether `read` finds something here and, past white space, `then` holds; the
+        position is left where it was."""
         save = self._pos
         try:
-            if not self._token68():
+            if not read():
                 return False
             self._skip_whitespace()
-            return self._at_end() or self._peek() == ","
+            return then()
         finally:
             self._pos = save
 

@@ -161,14 +161,19 @@ def _read_json_object(path: Path) -> dict[str, Any] | None:
     except OSError as exc:
         log.warning("cannot read credentials file %s (%s); ignoring it", path, exc.strerror)
         return None
+    return _json_object(raw, f"credentials file {path}")
+
+
+def _json_object(raw: bytes, source: str) -> dict[str, Any] | None:
+    """`raw` as a JSON object, else None (logged). The log names only the source: not even a
+    position, since json's message would quote the contents, and they hold secrets."""
     try:
         data = json.loads(raw)
     except ValueError:
-        # Not even the position: the message could quote the file's contents.
-        log.warning("credentials file %s is not valid JSON; ignoring it", path)
+        log.warning("%s is not valid JSON; ignoring it", source)
         return None
     if not isinstance(data, dict):
-        log.warning("credentials file %s does not hold a JSON object; ignoring it", path)
+        log.warning("%s does not hold a JSON object; ignoring it", source)
         return None
     return data
 
@@ -283,13 +288,8 @@ def _run_helper(name: str, server_url: str, environ: Mapping[str, str]) -> Crede
             proc.returncode,
         )
         return None
-    try:
-        data = json.loads(stdout)
-    except ValueError:
-        log.warning("credential helper %s answered something that is not JSON", program)
-        return None
-    if not isinstance(data, dict):
-        log.warning("credential helper %s answered something that is not a JSON object", program)
+    data = _json_object(stdout, f"the answer of credential helper {program}")
+    if data is None:
         return None
     username, secret = data.get("Username"), data.get("Secret")
     if not isinstance(secret, str) or not secret:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import email.utils
 import gzip
+import json
+import subprocess
+import sys
+import time
 import zlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -10,8 +15,23 @@ from typing import Any
 import httpx
 import pytest
 
-from regfs.errors import ProtocolError, TransientError
-from regfs.registry.http import read_capped
+from regfs.errors import (
+    AuthError,
+    NotFoundError,
+    ProtocolError,
+    RateLimitedError,
+    TransientError,
+)
+from regfs.registry.http import (
+    SmallResponse,
+    error_codes,
+    parse_retry_after,
+    read_capped,
+    same_origin,
+    status_error,
+    tune_read_size,
+    url_host,
+)
 from tests.unit.mock_http import chunks
 
 # --------------------------------------------------------------------------------------------
@@ -164,3 +184,182 @@ async def test_read_capped_maps_transport_errors() -> None:
         with pytest.raises(TransientError):
             await read_capped(response, 100)
         await response.aclose()
+
+
+# --------------------------------------------------------------------------------------------
+# Retry-After: the one parser
+
+
+def test_parse_retry_after() -> None:
+    now = 1_700_000_000.0
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("") is None
+    assert parse_retry_after("120") == 120.0
+    assert parse_retry_after(" 7 ") == 7.0
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after(email.utils.formatdate(now + 30, usegmt=True), now=now) == 30.0
+    assert parse_retry_after(email.utils.formatdate(now - 30, usegmt=True), now=now) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("0", 0.0), ("3", 3.0), ("1.5", 1.5), (" 0.25 ", 0.25), ("86400", 86400.0)],
+)
+def test_retry_after_seconds_and_fractions(value: str, seconds: float) -> None:
+    assert parse_retry_after(value) == seconds
+
+
+def test_retry_after_http_dates() -> None:
+    now = 1_700_000_000.0
+    for formatted in (
+        email.utils.formatdate(now + 90, usegmt=True),  # IMF-fixdate
+        time.strftime("%A, %d-%b-%y %H:%M:%S GMT", time.gmtime(now + 90)),  # RFC 850
+        time.strftime("%a %b %d %H:%M:%S %Y", time.gmtime(now + 90)),  # asctime
+    ):
+        assert parse_retry_after(formatted, now=now) == pytest.approx(90.0), formatted
+    past = email.utils.formatdate(now - 3600, usegmt=True)
+    assert parse_retry_after(past, now=now) == 0.0  # a date gone by: no wait, never negative
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "-5",  # negative
+        "-0.5",
+        "inf",
+        "Infinity",
+        "nan",
+        "1e3",  # not delay-seconds, though float() takes it
+        "1_000",
+        "+5",
+        "5s",
+        "1.",
+        ".5",
+        "\uff11\uff12",  # digits, but not ASCII ones
+        "soon",
+        "Mon, 99 Foo 2024 25:61:61 GMT",
+        "Mon, 01 Jan 99999 00:00:00 GMT",
+    ],
+)
+def test_retry_after_garbage_is_none(value: str) -> None:
+    assert parse_retry_after(value) is None
+
+
+def test_status_error_takes_a_fractional_retry_after() -> None:
+    # The one parser: test_token checks the token flow reads "1.5" the same way.
+    answer = SmallResponse(
+        503, httpx.Headers({"Retry-After": "1.5"}), httpx.URL("https://r.example/v2/"), b""
+    )
+    error = status_error(answer, "ping")
+    assert isinstance(error, TransientError)
+    assert error.retry_after == 1.5
+
+
+# --------------------------------------------------------------------------------------------
+# status_error: the fields an error carries
+
+
+def _answer(status: int, body: bytes = b"", **headers: str) -> SmallResponse:
+    url = httpx.URL("https://registry.example:5000/v2/repo/blobs/sha256:abc")
+    return SmallResponse(status, httpx.Headers(headers), url, body)
+
+
+def _errors_body(*codes: object) -> bytes:
+    return json.dumps(
+        {"errors": [{"code": c, "message": "secret-ish text"} for c in codes]}
+    ).encode()
+
+
+def test_status_error_fields() -> None:
+    digest = "sha256:" + "a" * 64
+    error = status_error(_answer(404, _errors_body("BLOB_UNKNOWN")), "blob x", digest=digest)
+    assert isinstance(error, NotFoundError)
+    assert error.host == "registry.example:5000"
+    assert error.status == 404
+    assert error.digest == digest
+    assert error.codes == ("BLOB_UNKNOWN",)
+    assert "BLOB_UNKNOWN" in str(error)
+    assert "secret-ish" not in str(error)  # the server's free text stays out of messages
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [
+        (401, AuthError),
+        (403, AuthError),
+        (404, NotFoundError),
+        (408, TransientError),
+        (429, RateLimitedError),
+        (500, TransientError),
+        (503, TransientError),
+        (400, ProtocolError),
+        (416, ProtocolError),
+    ],
+)
+def test_status_error_kind_for_each_status(status: int, kind: type[Exception]) -> None:
+    error = status_error(_answer(status), "thing")
+    assert type(error) is kind
+    assert error.status == status
+    assert error.codes == ()
+    assert error.digest is None
+
+
+def test_status_error_rate_limited_with_codes_and_retry_after() -> None:
+    answer = _answer(429, _errors_body("TOOMANYREQUESTS"), **{"Retry-After": "7"})
+    error = status_error(answer, "manifest x")
+    assert isinstance(error, RateLimitedError)
+    assert error.codes == ("TOOMANYREQUESTS",)
+    assert error.retry_after == 7.0
+
+
+@pytest.mark.parametrize(
+    ("body", "codes"),
+    [
+        (b"", ()),
+        (b"<html>nope</html>", ()),
+        (b"[1, 2]", ()),
+        (b'{"errors": null}', ()),
+        (b'{"errors": 5}', ()),
+        (b'{"errors": [{"code": 5}, "x", {"nocode": 1}]}', ()),
+        (_errors_body("DENIED", "UNAUTHORIZED"), ("DENIED", "UNAUTHORIZED")),
+        (_errors_body("NAME\nINJECTED", "x" * 65, "OK_1"), ("OK_1",)),
+        (b"\xff\xfe", ()),
+    ],
+)
+def test_error_codes(body: bytes, codes: tuple[str, ...]) -> None:
+    assert error_codes(body) == codes
+
+
+# --------------------------------------------------------------------------------------------
+# names, origins, read size
+
+
+def test_url_host_keeps_the_port() -> None:
+    assert url_host(httpx.URL("https://ghcr.io/v2/")) == "ghcr.io"
+    assert url_host(httpx.URL("http://127.0.0.1:5000/v2/")) == "127.0.0.1:5000"
+    assert url_host(httpx.URL("https://[::1]:8443/")) == "[::1]:8443"
+
+
+def test_same_origin() -> None:
+    base = httpx.URL("https://registry.example")
+    assert same_origin(base, httpx.URL("https://registry.example:443/v2/x?y=1"))
+    assert same_origin(base, httpx.URL("https://REGISTRY.example/"))
+    assert not same_origin(base, httpx.URL("http://registry.example/"))
+    assert not same_origin(base, httpx.URL("https://registry.example:8443/"))
+    assert not same_origin(base, httpx.URL("https://cdn.example/"))
+
+
+def test_read_size_is_tuned_only_when_asked() -> None:
+    # In a fresh interpreter: importing the registry package leaves httpcore alone.
+    script = (
+        "import httpcore, regfs.registry.client, regfs.registry.blobs;"
+        "from regfs.registry.http import tune_read_size;"
+        "c = httpcore._async.http11.AsyncHTTP11Connection;"
+        "before = c.READ_NUM_BYTES; tune_read_size();"
+        "print(before, c.READ_NUM_BYTES)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == [str(64 * 1024), str(256 * 1024)]
+    assert callable(tune_read_size)

@@ -15,7 +15,13 @@ import httpx
 import pytest
 import trio
 
-from regfs.errors import AuthError, ProtocolError, RateLimitedError, TransientError
+from regfs.errors import (
+    AuthError,
+    ProtocolError,
+    RateLimitedError,
+    RegistryError,
+    TransientError,
+)
 from regfs.registry.credentials import Credentials
 from regfs.registry.http import MAX_SMALL_BODY
 from regfs.registry.token import RegistryAuth
@@ -415,6 +421,63 @@ async def test_token_server_429_is_rate_limited() -> None:
     with pytest.raises(RateLimitedError) as info:
         await registry_auth.handle_unauthorized(_unauthorized(BEARER), SCOPE, None)
     assert info.value.retry_after == 3
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("1.5", 1.5), ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0), ("-1", None), ("nan", None)],
+)
+async def test_token_server_retry_after_uses_the_one_parser(
+    value: str, seconds: float | None
+) -> None:
+    server = TokenServer()
+    server.reply = lambda request: httpx.Response(503, headers={"Retry-After": value})
+    registry_auth = RegistryAuth(httpx.URL(REGISTRY), None, _client(server))
+    with pytest.raises(TransientError) as info:
+        await registry_auth.handle_unauthorized(_unauthorized(BEARER), SCOPE, None)
+    assert info.value.retry_after == seconds
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [(401, AuthError), (404, AuthError), (429, RateLimitedError), (502, TransientError)],
+)
+async def test_token_server_errors_carry_host_and_status(
+    status: int, kind: type[Exception]
+) -> None:
+    server = TokenServer()
+    server.reply = lambda request: httpx.Response(status)
+    registry_auth = RegistryAuth(httpx.URL(REGISTRY), None, _client(server))
+    with pytest.raises(kind) as info:
+        await registry_auth.handle_unauthorized(_unauthorized(BEARER), SCOPE, None)
+    assert isinstance(info.value, RegistryError)
+    assert info.value.host == "auth.example"
+    assert info.value.status == status
+
+
+async def test_malformed_token_answer_names_the_token_server() -> None:
+    server = TokenServer()
+    server.reply = lambda request: httpx.Response(200, content=b"{}")
+    registry_auth = RegistryAuth(httpx.URL(REGISTRY), None, _client(server))
+    with pytest.raises(AuthError) as info:
+        await registry_auth.handle_unauthorized(_unauthorized(BEARER), SCOPE, None)
+    assert info.value.host == "auth.example"
+    assert info.value.status is None
+
+
+async def test_401_from_another_origin_starts_no_token_flow() -> None:
+    server = TokenServer()
+    registry_auth = RegistryAuth(httpx.URL(REGISTRY), None, _client(server))
+    for url in (
+        "https://cdn.example/blob",
+        "http://registry.example/v2/",  # same host, another scheme
+        "https://registry.example:8443/v2/",  # same host, another port
+    ):
+        assert not await registry_auth.handle_unauthorized(_unauthorized(BEARER, url), SCOPE, None)
+    assert server.requests == []
+    assert await registry_auth.handle_unauthorized(
+        _unauthorized(BEARER, "https://registry.example:443/v2/"), SCOPE, None
+    )
 
 
 async def test_oversized_token_body_is_protocol_error() -> None:
