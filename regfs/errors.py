@@ -1,17 +1,22 @@
-"""One exception tree for regfs. fs.py is the only place these become errno values.
+"""One exception tree for regfs. vfs/fuse.py (`errno_for`) is the only place these become errno
+values.
 
 RegfsError
 ├── InvalidReferenceError      a name, tag, digest or registry that fails the grammar (no request made)
 ├── ManifestError              a document that cannot be parsed or contradicts itself
 ├── RegistryError              something went wrong talking to a registry, mirror, CDN or foreign URL
+│   │                          (.host, .status, .digest, .codes: what is known of where and why)
 │   ├── NotFoundError          404 / *_UNKNOWN: the thing does not exist there
 │   ├── AuthError              401/403 that credentials could not fix
-│   ├── TransientError         worth retrying: 408, 5xx, resets, timeouts
+│   ├── TransientError         worth retrying: 408, 5xx, resets, timeouts (.retry_after)
 │   │   └── RateLimitedError   429, with the server's Retry-After
 │   ├── ProtocolError          the server broke the protocol (bad Content-Range, too large, ...)
 │   └── ForbiddenURLError      a foreign URL or redirect refused by policy
-├── IntegrityError             bytes that do not match their digest
+├── IntegrityError             bytes that do not match their digest (.digest)
 └── OfflineError               --offline and the thing is not cached
+
+The fields are context for callers and logs; the message stays complete on its own, so
+`raise NotFoundError("text")` is as good as ever where nothing more is known.
 """
 
 from __future__ import annotations
@@ -30,7 +35,27 @@ class ManifestError(RegfsError):
 
 
 class RegistryError(RegfsError):
-    """A request to a registry (or a CDN, mirror or foreign URL) failed."""
+    """A request to a registry (or a CDN, mirror or foreign URL) failed.
+
+    host: host[:port] that answered (or did not); status: its HTTP status, if one came;
+    digest: the blob or manifest asked for; codes: the registry's error codes from the JSON
+    body (e.g. "BLOB_UNKNOWN", "TOOMANYREQUESTS"), in the order it sent them.
+    """
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        host: str | None = None,
+        status: int | None = None,
+        digest: str | None = None,
+        codes: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(message)
+        self.host = host
+        self.status = status
+        self.digest = digest
+        self.codes = codes
 
 
 class NotFoundError(RegistryError):
@@ -44,9 +69,18 @@ class AuthError(RegistryError):
 class TransientError(RegistryError):
     """A failure that may go away when the request is repeated."""
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
+    def __init__(
+        self,
+        message: str = "",
+        retry_after: float | None = None,
+        *,
+        host: str | None = None,
+        status: int | None = None,
+        digest: str | None = None,
+        codes: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(message, host=host, status=status, digest=digest, codes=codes)
+        self.retry_after = retry_after  # seconds the server asked us to wait, if it did
 
 
 class RateLimitedError(TransientError):
@@ -63,6 +97,10 @@ class ForbiddenURLError(RegistryError):
 
 class IntegrityError(RegfsError):
     """Bytes whose digest does not match the one they were asked for by."""
+
+    def __init__(self, message: str = "", *, digest: str | None = None) -> None:
+        super().__init__(message)
+        self.digest = digest
 
 
 class OfflineError(RegfsError):

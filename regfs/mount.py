@@ -24,9 +24,9 @@ from .cache.disk import DiskCache
 from .dirs import default_cache_dir, state_dir
 from .errors import RegfsError
 from .oci.reference import parse_registry
-from .registry import auth
 from .registry.blobs import ForeignURLPolicy
 from .registry.client import RegistryClient, RetryPolicy, Stats
+from .registry.credentials import load_credentials
 from .registry.http import tune_read_size
 from .vfs.fuse import Operations
 from .views import archive  # noqa: F401  (registers image.tar and oci/)
@@ -153,7 +153,7 @@ def build_context(config: MountConfig, stats: Stats) -> tuple[Context, list[Regi
     retry = RetryPolicy()
     client = RegistryClient(
         address,
-        credentials=auth.load_credentials(address.host),
+        credentials=load_credentials(address.host),
         ca_cert=config.ca_cert,
         insecure=config.insecure,
         retry=retry,
@@ -162,7 +162,7 @@ def build_context(config: MountConfig, stats: Stats) -> tuple[Context, list[Regi
     mirrors = [
         RegistryClient(
             parse_registry(m),
-            credentials=auth.load_credentials(parse_registry(m).host),
+            credentials=load_credentials(parse_registry(m).host),
             ca_cert=config.ca_cert,
             retry=RetryPolicy(attempts=1),
             stats=stats,

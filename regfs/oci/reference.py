@@ -23,8 +23,16 @@ _HOST_RE = re.compile(
 )
 MAX_REPOSITORY_LENGTH = 255
 
-DOCKER_HUB_ALIASES = ("docker.io", "index.docker.io", "registry.hub.docker.com")
+# The one Docker Hub alias table: the names people and tools write for it, and the host that
+# answers the API. Credentials are looked up under all of them (config keys use any).
 DOCKER_HUB_HOST = "registry-1.docker.io"
+DOCKER_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry.hub.docker.com"})
+DOCKER_HUB_NAMES = DOCKER_HUB_ALIASES | {DOCKER_HUB_HOST}
+
+
+def is_docker_hub(host: str) -> bool:
+    """Whether `host` (lower-case, no scheme) is one of Docker Hub's names."""
+    return host in DOCKER_HUB_NAMES
 
 
 def is_repository(name: str) -> bool:

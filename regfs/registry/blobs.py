@@ -1,8 +1,9 @@
 """Ranged reads of one blob from wherever it lives.
 
-Order of places: pull-through mirrors (a mirror that fails or answers 404/429 falls through),
-the registry (following its redirects to a CDN, whose final URL is remembered and re-resolved
-when it answers 401/403/404 — signed URLs expire), then the descriptor's foreign `urls`,
+Order of places (`fallback_order`, and `mirror_falls_through` for which failures of a mirror
+hand over, as for documents): pull-through mirrors, the registry (following its redirects to
+a CDN, whose final URL is remembered and re-resolved when it fails before a byte arrives —
+signed URLs expire), then, when the registry answers 404, the descriptor's foreign `urls`,
 each vetted by the ForeignURLPolicy on every hop and never sent credentials.
 
 `BlobSource.fetch(start, end, sink)` delivers exactly bytes [start, end) in order. A cut
@@ -21,15 +22,11 @@ from dataclasses import dataclass
 import httpx
 import trio
 
-from ..errors import (
-    ForbiddenURLError,
-    NotFoundError,
-    ProtocolError,
-    RegistryError,
-    TransientError,
-)
+from ..errors import ForbiddenURLError, NotFoundError, ProtocolError, RegistryError, TransientError
 from ..oci.manifest import Descriptor
-from .client import RegistryClient, pull_scope, status_error, transport_error
+from .client import RegistryClient, pull_scope
+from .fallback import fallback_order, mirror_falls_through
+from .http import drain_error, status_error, transport_error, url_host
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +51,14 @@ class ForeignURLPolicy:
         if any(p.match(text) for p in self.allow):
             return
         if url.scheme != "https":
-            raise ForbiddenURLError(f"foreign URL refused (not https): {url.host}")
+            raise ForbiddenURLError(
+                f"foreign URL refused (not https): {url.host}", host=url_host(url)
+            )
         for address in await _resolve(url.host, url.port or 443):
             if not address.is_global:
                 raise ForbiddenURLError(
-                    f"foreign URL refused: {url.host} resolves to non-public {address}"
+                    f"foreign URL refused: {url.host} resolves to non-public {address}",
+                    host=url_host(url),
                 )
 
 
@@ -70,18 +70,18 @@ async def _resolve(host: str, port: int) -> list[ipaddress.IPv4Address | ipaddre
     try:
         infos = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_STREAM)
     except OSError as exc:
-        raise TransientError(f"cannot resolve {host}: {exc}") from exc
+        raise TransientError(f"cannot resolve {host}: {exc}", host=host) from exc
     return [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Place:
     """One place a blob may be read from."""
 
     client: RegistryClient
     url: httpx.URL
     foreign: bool  # foreign URL: vetted by policy, no credentials
-    fall_through: bool  # a mirror: on failure try the next place
+    mirror: bool  # a pull-through mirror: its failures may hand over to the next place
 
 
 class BlobSource:
@@ -114,16 +114,22 @@ class BlobSource:
 
     def places(self) -> list[_Place]:
         path = f"/v2/{self.repo}/blobs/{self.digest}"
-        found = [_Place(m, m.url(path), False, True) for m in self.mirrors]
-        found.append(_Place(self.client, self.client.url(path), False, False))
-        found.extend(_Place(self.client, httpx.URL(u), True, False) for u in self.descriptor.urls)
+        found = [
+            _Place(client, client.url(path), foreign=False, mirror=is_mirror)
+            for client, is_mirror in fallback_order(self.mirrors, self.client)
+        ]
+        found.extend(
+            _Place(self.client, httpx.URL(u), foreign=True, mirror=False)
+            for u in self.descriptor.urls
+        )
         return found
 
     async def fetch(self, start: int, end: int, sink: Sink) -> None:
         """Deliver bytes [start, end) to `sink`, in order, exactly once each."""
         if not 0 <= start < end or (self.size >= 0 and end > self.size):
             raise ProtocolError(
-                f"range {start}-{end} outside blob {self.digest} of {self.size} bytes"
+                f"range {start}-{end} outside blob {self.digest} of {self.size} bytes",
+                digest=self.digest,
             )
         position = start
         attempts_without_progress = 0
@@ -142,12 +148,14 @@ class BlobSource:
                     await self._fetch_from_places(position, end, counted)
             except trio.TooSlowError as exc:
                 if position == before:
-                    raise TransientError(f"blob {self.digest}: no progress") from exc
+                    raise TransientError(
+                        f"blob {self.digest}: no progress", digest=self.digest
+                    ) from exc
                 # Below the floor rate counts as no progress, or a drip would never end.
                 attempts_without_progress += 1
                 if attempts_without_progress >= policy.attempts:
                     raise TransientError(
-                        f"blob {self.digest}: slower than {self.floor} bytes/s"
+                        f"blob {self.digest}: slower than {self.floor} bytes/s", digest=self.digest
                     ) from exc
                 log.info("blob %s: too slow; resuming at %d", self.digest[:19], position)
             except TransientError as exc:
@@ -176,7 +184,9 @@ class BlobSource:
         for place in self.places():
             if self.registry_lacks_it and not place.foreign:
                 # Known from an earlier range: skip the 404 round trips to mirrors and registry.
-                last_error = NotFoundError(f"blob {self.digest[:19]} is foreign")
+                last_error = NotFoundError(
+                    f"blob {self.digest[:19]} is foreign", digest=self.digest
+                )
                 continue
             if place.foreign and not isinstance(last_error, NotFoundError):
                 break  # foreign URLs stand in only for a blob the registry does not hold
@@ -186,12 +196,18 @@ class BlobSource:
                     self.registry_lacks_it = True
                 return
             except RegistryError as exc:
-                if delivered:
-                    raise TransientError(f"blob {self.digest[:19]}: {exc}") from exc  # resume
-                if place.fall_through and not isinstance(exc, ForbiddenURLError):
-                    log.info("mirror %s: %s; falling through", place.client.address.host, exc)
+                if delivered:  # resume where the bytes stopped, wherever they come from next
+                    raise TransientError(
+                        f"blob {self.digest[:19]}: {exc}",
+                        host=exc.host,
+                        status=exc.status,
+                        digest=self.digest,
+                        codes=exc.codes,
+                    ) from exc
+                if place.mirror and mirror_falls_through(exc):
+                    log.info("mirror %s: %s; falling through", place.client.address, exc)
                 elif not isinstance(exc, NotFoundError):
-                    raise
+                    raise  # the registry's answer, or a foreign URL's, other than 404
                 last_error = exc
         assert last_error is not None
         raise last_error
@@ -199,7 +215,7 @@ class BlobSource:
     def _remembered(self, place: _Place) -> httpx.URL | None:
         if place.foreign:
             return self.foreign_redirects.get(str(place.url))
-        return None if place.fall_through else self.redirect_cache
+        return None if place.mirror else self.redirect_cache
 
     def _remember(self, place: _Place, final: httpx.URL | None) -> None:
         if place.foreign:
@@ -207,7 +223,7 @@ class BlobSource:
                 self.foreign_redirects.pop(str(place.url), None)
             else:
                 self.foreign_redirects[str(place.url)] = final
-        elif not place.fall_through:
+        elif not place.mirror:
             self.redirect_cache = final
 
     async def _fetch_place(self, place: _Place, start: int, end: int, sink: Sink) -> None:
@@ -240,20 +256,21 @@ class BlobSource:
         client = place.client
         # A remembered redirect is replayed without credentials but on the registry's own
         # client (its --ca-cert / --insecure), as the first request reached it.
+        what = f"blob {self.digest[:19]}"
         async with client.open_url(
             url,
             scope=None if place.foreign or direct else pull_scope(self.repo),
             headers=headers,
             check=check,
             foreign=place.foreign,
+            what=what,
         ) as response:
-            what = f"blob {self.digest[:19]} at {response.url.host}"
             if response.status_code >= 400:
-                raise status_error(response, what)
+                raise status_error(await drain_error(response), what, digest=self.digest)
             if not direct and not same_url(response.url, url):
                 self._remember(place, response.url)  # the CDN a registry or fwlink sent us to
-            skip = self._check_range(response, start, end, what)
-            host = response.url.netloc.decode()
+            host = url_host(response.url)
+            skip = self._check_range(response, start, end, host)
             position = start
             try:
                 async for chunk in response.aiter_raw():
@@ -270,23 +287,38 @@ class BlobSource:
                     if position >= end and response.status_code != 206:
                         return  # the rest of a whole body we did not ask for
             except httpx.HTTPError as exc:
-                raise transport_error(exc, what) from exc
+                raise transport_error(
+                    exc, f"{what} at {host}", host=host, digest=self.digest
+                ) from exc
             # A 206 is read to its end, so its connection goes back to the pool for reuse.
             if position >= end:
                 return
-            raise TransientError(f"{what}: connection closed at {position} of range {start}-{end}")
+            raise TransientError(
+                f"{what} at {host}: connection closed at {position} of range {start}-{end}",
+                host=host,
+                digest=self.digest,
+            )
 
-    def _check_range(self, response: httpx.Response, start: int, end: int, what: str) -> int:
+    def _check_range(self, response: httpx.Response, start: int, end: int, host: str) -> int:
         """How many leading bytes to skip; raise if the response cannot hold our range."""
+
+        def refused(why: str) -> ProtocolError:
+            return ProtocolError(
+                f"blob {self.digest[:19]} at {host}: {why}",
+                host=host,
+                status=response.status_code,
+                digest=self.digest,
+            )
+
         if response.status_code == 206:
             match = _CONTENT_RANGE.fullmatch(response.headers.get("content-range", "").strip())
             if not match:
-                raise ProtocolError(f"{what}: 206 without a valid Content-Range")
+                raise refused("206 without a valid Content-Range")
             first, last, total = int(match.group(1)), int(match.group(2)), match.group(3)
             if first != start or last < first or last > end - 1:
-                raise ProtocolError(f"{what}: asked for {start}-{end - 1}, got {first}-{last}")
+                raise refused(f"asked for {start}-{end - 1}, got {first}-{last}")
             if total != "*" and self.size >= 0 and int(total) != self.size:
-                raise ProtocolError(f"{what}: size {total} is not the descriptor's {self.size}")
+                raise refused(f"size {total} is not the descriptor's {self.size}")
             return 0
         if response.status_code == 200:
             length = response.headers.get("content-length")
@@ -296,12 +328,10 @@ class BlobSource:
                 and length.isdigit()
                 and int(length) != self.size
             ):
-                raise ProtocolError(
-                    f"{what}: ignored Range and sent {length} bytes, not {self.size}"
-                )
+                raise refused(f"ignored Range and sent {length} bytes, not {self.size}")
             # Range ignored: the whole blob follows; read past what precedes our range.
             return start
-        raise ProtocolError(f"{what}: unexpected status {response.status_code}")
+        raise refused(f"unexpected status {response.status_code}")
 
 
 def same_url(a: httpx.URL, b: httpx.URL) -> bool:

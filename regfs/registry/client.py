@@ -1,45 +1,35 @@
 """RegistryClient: the distribution API over httpx on trio.
 
-One place for the HTTP rules every request follows:
-- redirects are followed by hand (at most 10, http/https only), so Authorization and cookies
-  go to the registry origin (and its token realm) and nowhere else;
-- 401 from the registry drives the auth flow once; a repeated 401 is AuthError;
-- 408/429/5xx and connection failures are retried with jittered backoff, honouring
-  Retry-After up to a cap;
-- bodies read into memory are capped (manifests 4 MiB, errors and tokens 1 MiB).
+`send` is one loop per concern, as httpx's `_client.py` is (`_send_handling_auth` →
+`_send_handling_redirects` → `_send_single_request`):
+- auth: a 401 from the registry drives the token flow once; a 401 it cannot fix is AuthError;
+- redirects are followed by hand (at most 10, http/https only), so Authorization goes to the
+  registry origin and nowhere else (`_hop_headers`); cookies are never kept (http.py);
+- one request: counted, and a failure to get an answer mapped to a regfs error.
+
+Retries wrap whole requests (`with_retries`): 408/429/5xx and connection failures, with
+jittered backoff honouring Retry-After up to a cap. Bodies read into memory are capped
+(manifests 4 MiB, tag pages 4 MiB, errors and tokens 1 MiB).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import email.utils
-import http.cookiejar
 import json
 import logging
 import random
-import ssl
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-import httpcore
 import httpx
 import trio
 
-from ..errors import (
-    AuthError,
-    ForbiddenURLError,
-    ManifestError,
-    NotFoundError,
-    ProtocolError,
-    RateLimitedError,
-    RegistryError,
-    TransientError,
-)
+from ..errors import ForbiddenURLError, ManifestError, ProtocolError, TransientError
 from ..oci import manifest as mf
 from ..oci.reference import (
     RegistryAddress,
@@ -48,37 +38,28 @@ from ..oci.reference import (
     check_repository,
     is_digest,
 )
-from .auth import MAX_SMALL_BODY, Credentials, RegistryAuth, read_capped
+from .credentials import Credentials
+from .http import (
+    MAX_SMALL_BODY,
+    SmallResponse,
+    drain_error,
+    make_http_client,
+    read_small,
+    same_origin,
+    status_error,
+    transport_error,
+    url_host,
+)
+from .token import RegistryAuth
 
 log = logging.getLogger(__name__)
 
 MAX_REDIRECTS = 10
-RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+MAX_PAGES = 1000
 T = TypeVar("T")
 
-# httpcore reads sockets 64 KiB at a time; larger reads cost fewer trips through the event
-# loop for multi-megabyte ranges (measured in scripts/bench).
-httpcore._async.http11.AsyncHTTP11Connection.READ_NUM_BYTES = 256 * 1024
-
-
-class _NoCookies(http.cookiejar.CookiePolicy):
-    """Cookies are never stored, so none can follow a redirect to another host."""
-
-    netscape = True
-    rfc2965 = False
-    hide_cookie2 = True
-
-    def set_ok(self, cookie: http.cookiejar.Cookie, request: object) -> bool:
-        return False
-
-    def return_ok(self, cookie: http.cookiejar.Cookie, request: object) -> bool:
-        return False
-
-    def domain_return_ok(self, domain: str, request: object) -> bool:
-        return False
-
-    def path_return_ok(self, path: str, request: object) -> bool:
-        return False
+# A check run on each hop of a redirect chain before connecting; raises ForbiddenURLError.
+URLCheck = Callable[[httpx.URL], Awaitable[None]]
 
 
 @dataclass
@@ -107,73 +88,24 @@ class Stats:
         self.errors[type(exc).__name__] += 1
 
 
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Retry-After as seconds or as an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+@dataclass(frozen=True)
+class _Call:
+    """One `send`, as the caller asked for it: carried through the three loops."""
 
-
-def same_origin(a: httpx.URL, b: httpx.URL) -> bool:
-    return (a.scheme, a.host, a.port) == (b.scheme, b.host, b.port)
-
-
-def status_error(response: httpx.Response, what: str) -> RegistryError:
-    """The error for a non-success status (body not needed)."""
-    status = response.status_code
-    host = response.request.url.netloc.decode("ascii", "replace")  # with the port: which registry
-    where = f"{what}: {host} answered {status}"
-    if status == 404:
-        return NotFoundError(where)
-    if status in (401, 403):
-        return AuthError(where)
-    if status == 429:
-        return RateLimitedError(where, parse_retry_after(response.headers.get("retry-after")))
-    if status in RETRYABLE_STATUS:
-        return TransientError(where, parse_retry_after(response.headers.get("retry-after")))
-    return ProtocolError(where)
-
-
-def transport_error(exc: httpx.HTTPError, what: str) -> RegistryError:
-    if isinstance(exc, httpx.UnsupportedProtocol):
-        return ForbiddenURLError(f"{what}: {exc}")
-    if isinstance(exc, httpx.ConnectError) and _certificate_refused(exc):
-        return AuthError(
-            f"{what}: TLS certificate not trusted ({exc}); use --ca-cert or --insecure"
-        )
-    if isinstance(exc, httpx.DecodingError):
-        return ProtocolError(f"{what}: {exc}")
-    return TransientError(f"{what}: {type(exc).__name__}: {exc}")
-
-
-def _certificate_refused(exc: BaseException) -> bool:
-    """Whether a connect failed on certificate verification. On trio the ssl error sits
-    a few causes deep and the ConnectError's own message is empty."""
-    seen: BaseException | None = exc
-    for _ in range(10):
-        if seen is None:
-            return False
-        if isinstance(seen, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(
-            seen
-        ):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
-# A check run on each hop of a redirect chain before connecting; raises ForbiddenURLError.
-URLCheck = Callable[[httpx.URL], Awaitable[None]]
+    method: str
+    url: httpx.URL
+    headers: Mapping[str, str]
+    check: URLCheck | None
+    foreign: bool
+    what: str  # names the request in errors
 
 
 class RegistryClient:
-    """One registry: auth, manifests, tags, catalog, and streamed blob responses."""
+    """One registry: auth, manifests, tags, catalog, and streamed blob responses.
+
+    `transport` replaces the network for both httpx clients (tests: httpx.MockTransport);
+    `clock` is the token state's clock (token expiry).
+    """
 
     def __init__(
         self,
@@ -185,15 +117,21 @@ class RegistryClient:
         timeout: float = 30.0,
         retry: RetryPolicy | None = None,
         stats: Stats | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.address = address
         self.base = httpx.URL(address.base_url)
         self.retry = retry or RetryPolicy()
         self.stats = stats or Stats()
-        self.http = make_http_client(ca_cert=ca_cert, insecure=insecure, timeout=timeout)
+        self.http = make_http_client(
+            ca_cert=ca_cert, insecure=insecure, timeout=timeout, transport=transport
+        )
         # Foreign hosts get a client that never trusts --insecure and has its own pool.
-        self.foreign_http = make_http_client(ca_cert=None, insecure=False, timeout=timeout)
-        self.auth = RegistryAuth(self.base, credentials, self.http)
+        self.foreign_http = make_http_client(
+            ca_cert=None, insecure=False, timeout=timeout, transport=transport
+        )
+        self.auth = RegistryAuth(self.base, credentials, self.http, clock=clock)
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -202,7 +140,7 @@ class RegistryClient:
     def url(self, path: str) -> httpx.URL:
         return self.base.join(path)
 
-    # -- the request loop ------------------------------------------------------------
+    # -- retries ---------------------------------------------------------------------
 
     async def with_retries(self, what: str, attempt_once: Callable[[], Awaitable[T]]) -> T:
         """Run attempt_once, retrying TransientError with backoff up to the policy's count."""
@@ -219,78 +157,100 @@ class RegistryClient:
                 await trio.sleep(wait)
         raise AssertionError("unreachable")
 
+    # -- one request: auth, then redirects, then a single request --------------------
+
     async def send(
         self,
         url: httpx.URL,
         *,
         scope: str | None,
-        headers: dict[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
         method: str = "GET",
         check: URLCheck | None = None,
         foreign: bool = False,
+        what: str | None = None,
     ) -> httpx.Response:
         """Send one request, following redirects by hand; return the final streamed response.
 
         Authorization goes only to the registry origin and only when `scope` is given; a 401
-        there drives the auth flow once. The caller must close the response. `check` vets
-        every hop (foreign URLs); `foreign` starts on the foreign client.
+        there drives the auth flow once, and a 401 it cannot fix is raised as AuthError. The
+        caller must close the response. `check` vets every hop (foreign URLs); `foreign`
+        sends every hop on the foreign client. `what` names the request in errors.
         """
-        sent_auth: str | None = None
-        retried_auth = False
-        current = url
-        for _hop in range(MAX_REDIRECTS + 1):
-            if current.scheme not in ("http", "https"):
-                raise ForbiddenURLError(f"refusing a redirect to a {current.scheme!r} URL")
-            if check is not None:
-                await check(current)
-            to_registry = not foreign and same_origin(current, self.base)
-            request_headers = dict(headers or {})
-            sent_auth = None
-            if to_registry and scope is not None:
-                sent_auth = await self.auth.authorization(scope)
-                if sent_auth:
-                    request_headers["Authorization"] = sent_auth
-            client = self.http if to_registry or not foreign else self.foreign_http
-            request = client.build_request(method, current, headers=request_headers)
-            self.stats.requests += 1
-            try:
-                response = await client.send(request, stream=True, follow_redirects=False)
-            except httpx.HTTPError as exc:
-                raise transport_error(exc, f"{method} {current.host}") from exc
-            if response.is_redirect:
-                location = response.headers.get("location")
-                await response.aclose()
-                if not location:
-                    raise ProtocolError(f"{current.host} sent a redirect without Location")
-                try:
-                    current = current.join(location)
-                except httpx.InvalidURL as exc:
-                    raise ProtocolError(f"{current.host} sent an invalid redirect") from exc
-                continue
-            if (
-                response.status_code == 401
-                and to_registry
-                and scope is not None
-                and not retried_auth
-            ):
-                retried = await self._unauthorized(response, scope, sent_auth)
-                if retried:
-                    retried_auth = True
-                    continue
-                return response
-            return response
-        raise ProtocolError(f"more than {MAX_REDIRECTS} redirects from {url.host}")
+        call = _Call(method, url, headers or {}, check, foreign, what or f"{method} {url.path}")
+        return await self._send_handling_auth(call, scope)
 
-    async def _unauthorized(self, response: httpx.Response, scope: str, sent: str | None) -> bool:
-        try:
-            # Drain at most 1 MiB so the connection can be reused; a hostile body is cut off.
-            # Kept on the response: when no retry follows, the caller reads it as the error.
-            response._content = await read_capped(response, MAX_SMALL_BODY)
-        except ProtocolError:
-            response._content = b""
-        finally:
+    def _is_registry(self, url: httpx.URL, call: _Call) -> bool:
+        """Whether `url` is the registry's own origin, where its credentials may go."""
+        return not call.foreign and same_origin(url, self.base)
+
+    async def _send_handling_auth(self, call: _Call, scope: str | None) -> httpx.Response:
+        retried = False
+        while True:
+            sent: str | None = None
+            if scope is not None and self._is_registry(call.url, call):
+                sent = await self.auth.authorization(scope)
+            response = await self._send_handling_redirects(call, sent)
+            if (
+                response.status_code != 401
+                or scope is None
+                or not self._is_registry(response.request.url, call)
+            ):
+                return response
+            try:
+                # Drained (at most 1 MiB, a hostile body is cut off) so that the connection
+                # goes back to the pool before the token request needs one.
+                refusal = await drain_error(response)
+            finally:
+                await response.aclose()
+            if retried or not await self.auth.handle_unauthorized(response, scope, sent):
+                raise status_error(refusal, call.what)
+            retried = True
+
+    async def _send_handling_redirects(
+        self, call: _Call, authorization: str | None
+    ) -> httpx.Response:
+        url, redirected_by = call.url, None
+        for _hop in range(MAX_REDIRECTS + 1):
+            if url.scheme not in ("http", "https"):
+                raise ForbiddenURLError(
+                    f"refusing a redirect to a {url.scheme!r} URL", host=redirected_by
+                )
+            if call.check is not None:
+                await call.check(url)
+            headers = self._hop_headers(url, call, authorization)
+            response = await self._send_single_request(call.method, url, headers, call.foreign)
+            if not response.is_redirect:
+                return response
             await response.aclose()
-        return await self.auth.handle_unauthorized(response, scope, sent)
+            redirected_by = url_host(url)
+            url = _redirect_target(response)
+        raise ProtocolError(
+            f"more than {MAX_REDIRECTS} redirects from {url_host(call.url)}",
+            host=url_host(call.url),
+        )
+
+    def _hop_headers(
+        self, url: httpx.URL, call: _Call, authorization: str | None
+    ) -> dict[str, str]:
+        """The header policy across origins: the caller's headers on every hop, Authorization
+        only on the registry's own origin (not a CDN, another port or scheme, a foreign URL)."""
+        headers = dict(call.headers)
+        if authorization and self._is_registry(url, call):
+            headers["Authorization"] = authorization
+        return headers
+
+    async def _send_single_request(
+        self, method: str, url: httpx.URL, headers: dict[str, str], foreign: bool
+    ) -> httpx.Response:
+        client = self.foreign_http if foreign else self.http
+        request = client.build_request(method, url, headers=headers)
+        self.stats.requests += 1
+        try:
+            return await client.send(request, stream=True, follow_redirects=False)
+        except httpx.HTTPError as exc:
+            host = url_host(url)
+            raise transport_error(exc, f"{method} {host}", host=host) from exc
 
     async def get_small(
         self,
@@ -300,21 +260,20 @@ class RegistryClient:
         what: str,
         limit: int,
         headers: dict[str, str] | None = None,
-    ) -> httpx.Response:
-        """GET a document with retries; the response comes back with its body read (capped)."""
+        digest: str | None = None,
+    ) -> SmallResponse:
+        """GET a document with retries; its body comes back read (at most `limit` bytes)."""
 
-        async def once() -> httpx.Response:
-            response = await self.send(self.url(path), scope=scope, headers=headers)
+        async def once() -> SmallResponse:
+            response = await self.send(self.url(path), scope=scope, headers=headers, what=what)
             try:
                 if response.status_code >= 400:
-                    await _drain_error(response)
-                    raise status_error(response, what)
-                body = await read_capped(response, limit)
+                    raise status_error(await drain_error(response), what, digest=digest)
+                document = await read_small(response, limit)
             finally:
                 await response.aclose()
-            response._content = body
-            self.stats.bytes_by_host[response.request.url.netloc.decode()] += len(body)
-            return response
+            self.stats.bytes_by_host[document.host] += len(document.body)
+            return document
 
         return await self.with_retries(what, once)
 
@@ -327,7 +286,7 @@ class RegistryClient:
             response = await self.send(self.url("/v2/"), scope=None)
             try:
                 if response.status_code not in (200, 401):
-                    raise status_error(response, "/v2/")
+                    raise status_error(await drain_error(response), "/v2/")
             finally:
                 await response.aclose()
 
@@ -337,17 +296,18 @@ class RegistryClient:
         """Fetch, verify and parse a manifest or index by tag or digest."""
         check_repository(repo)
         check_reference(reference)
+        expected = reference if is_digest(reference) else None
         response = await self.get_small(
             f"/v2/{repo}/manifests/{reference}",
             scope=pull_scope(repo),
             what=f"manifest {repo}:{reference}",
             limit=mf.MAX_MANIFEST_BYTES,
             headers={"Accept": mf.ACCEPT},
+            digest=expected,
         )
-        raw = response.content
+        raw = response.body
         content_type = response.headers.get("content-type", "")
         doc = mf.parse_document(raw, content_type)
-        expected = reference if is_digest(reference) else None
         served = response.headers.get("docker-content-digest")
         for want in (expected, served):
             if not want:
@@ -377,15 +337,17 @@ class RegistryClient:
         items: list[str] = []
         next_path: str | None = path
         pages = 0
-        while next_path and pages < 1000:
+        while next_path and pages < MAX_PAGES:
             pages += 1
             response = await self.get_small(
                 next_path, scope=scope, what=what, limit=MAX_SMALL_BODY * 4
             )
             try:
-                page = json.loads(response.content)
+                page = json.loads(response.body)
             except ValueError as exc:
-                raise ProtocolError(f"{what}: not JSON") from exc
+                raise ProtocolError(
+                    f"{what}: not JSON", host=response.host, status=response.status
+                ) from exc
             values = page.get(key) if isinstance(page, dict) else None
             items.extend(v for v in (values or []) if isinstance(v, str))
             next_path = _next_link(response.headers.get("link"), self.base)
@@ -393,17 +355,24 @@ class RegistryClient:
 
     async def blob_size(self, repo: str, digest: str) -> int:
         """HEAD a blob for its size (schema 1 manifests do not carry sizes)."""
+        what = f"blob {digest}"
 
         async def once() -> int:
-            response = await self.send(
-                self.url(f"/v2/{repo}/blobs/{digest}"), scope=pull_scope(repo), method="HEAD"
-            )
-            await response.aclose()
-            if response.status_code >= 400:
-                raise status_error(response, f"blob {digest}")
+            url = self.url(f"/v2/{repo}/blobs/{digest}")
+            response = await self.send(url, scope=pull_scope(repo), method="HEAD", what=what)
+            try:
+                if response.status_code >= 400:
+                    raise status_error(await drain_error(response), what, digest=digest)
+            finally:
+                await response.aclose()
             length = response.headers.get("content-length")
             if length is None or not length.isdigit():
-                raise ProtocolError(f"blob {digest}: HEAD without Content-Length")
+                raise ProtocolError(
+                    f"{what}: HEAD without Content-Length",
+                    host=url_host(response.request.url),
+                    status=response.status_code,
+                    digest=digest,
+                )
             return int(length)
 
         check_digest(digest)
@@ -418,8 +387,12 @@ class RegistryClient:
         headers: dict[str, str],
         check: URLCheck | None,
         foreign: bool,
+        what: str | None = None,
     ) -> AsyncIterator[httpx.Response]:
-        response = await self.send(url, scope=scope, headers=headers, check=check, foreign=foreign)
+        """`send`, closing the response when the block ends."""
+        response = await self.send(
+            url, scope=scope, headers=headers, check=check, foreign=foreign, what=what
+        )
         try:
             yield response
         finally:
@@ -430,19 +403,21 @@ def pull_scope(repo: str) -> str:
     return f"repository:{repo}:pull"
 
 
-async def _drain_error(response: httpx.Response) -> None:
+def _redirect_target(response: httpx.Response) -> httpx.URL:
+    """Where a redirect points, resolved against the URL that sent it."""
+    current = response.request.url
+    location = response.headers.get("location")
+    host = url_host(current)
+    if not location:
+        raise ProtocolError(
+            f"{host} sent a redirect without Location", host=host, status=response.status_code
+        )
     try:
-        body = await read_capped(response, MAX_SMALL_BODY)
-    except (ProtocolError, httpx.HTTPError):
-        return
-    codes = []
-    try:
-        errors = json.loads(body).get("errors") or []
-        codes = [str(e.get("code")) for e in errors if isinstance(e, dict)]
-    except (ValueError, AttributeError):
-        pass
-    if codes:
-        log.debug("%s %s: %s", response.request.url.host, response.status_code, ",".join(codes))
+        return current.join(location)
+    except httpx.InvalidURL as exc:
+        raise ProtocolError(
+            f"{host} sent an invalid redirect", host=host, status=response.status_code
+        ) from exc
 
 
 def _next_link(header: str | None, base: httpx.URL) -> str | None:
@@ -458,19 +433,3 @@ def _next_link(header: str | None, base: httpx.URL) -> str | None:
             parts = urlsplit(str(url))
             return parts.path + (f"?{parts.query}" if parts.query else "")
     return None
-
-
-def make_http_client(*, ca_cert: str | None, insecure: bool, timeout: float) -> httpx.AsyncClient:
-    verify: ssl.SSLContext | bool = True
-    if insecure:
-        verify = False
-    elif ca_cert:
-        verify = ssl.create_default_context(cafile=ca_cert)
-    return httpx.AsyncClient(
-        verify=verify,
-        timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-        limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
-        cookies=http.cookiejar.CookieJar(policy=_NoCookies()),
-        headers={"User-Agent": "regfs", "Accept-Encoding": "identity"},
-        trust_env=False,
-    )

@@ -32,9 +32,9 @@ from regfs.errors import (
 )
 from regfs.oci import manifest as mf
 from regfs.oci.reference import parse_registry
-from regfs.registry.auth import Credentials
 from regfs.registry.blobs import BlobSource, ForeignURLPolicy
 from regfs.registry.client import RegistryClient, RetryPolicy
+from regfs.registry.credentials import Credentials
 from regfs.vfs.fuse import errno_for
 from tests.fixtures.faultproxy import Fault, FaultProxy, black_hole
 from tests.fixtures.images import Layer, PushedImage

@@ -1,21 +1,37 @@
-"""httpx.MockTransport plumbing shared by the unit tests of registry.py and blobs.py."""
+"""httpx.MockTransport plumbing shared by the unit tests of the registry package."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import httpx
 import pytest
 
+from regfs.oci import manifest as mf
 from regfs.oci.reference import parse_registry
-from regfs.registry import client as registry
 from regfs.registry.client import RegistryClient, RetryPolicy
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
 REGISTRY = "https://registry.example"
 NO_WAIT = RetryPolicy(attempts=5, base_delay=0.0, max_delay=0.01)
+
+MANIFEST = json.dumps(
+    {
+        "schemaVersion": 2,
+        "mediaType": mf.OCI_MANIFEST,
+        "config": {
+            "mediaType": mf.OCI_CONFIG,
+            "digest": "sha256:" + "c" * 64,
+            "size": 2,
+        },
+        "layers": [],
+    }
+).encode()
+MANIFEST_DIGEST = "sha256:" + hashlib.sha256(MANIFEST).hexdigest()
 
 
 @dataclass
@@ -41,18 +57,24 @@ def mock_client(
     retry: RetryPolicy = NO_WAIT,
     **kwargs: object,
 ) -> tuple[RegistryClient, Recorder]:
-    """A RegistryClient whose real httpx clients (headers, cookie policy) talk to `handler`."""
+    """A RegistryClient whose real httpx clients (headers, cookie policy) talk to `handler`.
+
+    `monkeypatch` is not needed any more (the transport is a constructor argument); it stays
+    in the signature so that the callers read as before.
+    """
     recorder = Recorder(handler)
-    real = registry.make_http_client
-
-    def patched(**options: object) -> httpx.AsyncClient:
-        client = real(**options)  # type: ignore[arg-type]
-        client._transport = httpx.MockTransport(recorder)
-        return client
-
-    monkeypatch.setattr(registry, "make_http_client", patched)
-    client = RegistryClient(parse_registry(address), retry=retry, **kwargs)  # type: ignore[arg-type]
+    transport = httpx.MockTransport(recorder)
+    client = RegistryClient(parse_registry(address), retry=retry, transport=transport, **kwargs)  # type: ignore[arg-type]
     return client, recorder
+
+
+def manifest_response(
+    body: bytes = MANIFEST, digest: str | None = MANIFEST_DIGEST, **headers: str
+) -> httpx.Response:
+    all_headers = {"Content-Type": mf.OCI_MANIFEST, **headers}
+    if digest is not None:
+        all_headers["Docker-Content-Digest"] = digest
+    return httpx.Response(200, headers=all_headers, content=body)
 
 
 async def chunks(data: bytes, size: int) -> AsyncIterator[bytes]:

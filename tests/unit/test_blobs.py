@@ -414,3 +414,63 @@ async def test_no_redirect_nothing_remembered(monkeypatch: pytest.MonkeyPatch) -
     blob = source(client)
     await fetch(blob, 0, 10)
     assert blob.redirect_cache is None
+
+
+async def test_mirror_redirect_refused_by_policy_is_final(monkeypatch: pytest.MonkeyPatch) -> None:
+    mirror, _ = mock_client(
+        monkeypatch,
+        lambda r: httpx.Response(302, headers={"Location": "file:///etc/passwd"}),
+        address="https://mirror.example",
+    )
+    client, server = mock_client(monkeypatch, ranged)
+    with pytest.raises(ForbiddenURLError):
+        await fetch(source(client, mirrors=(mirror,)), 0, 100)
+    assert server.requests == []  # a refusal by policy does not hand over to the registry
+
+
+# --------------------------------------------------------------------------------------------
+# what the errors carry
+
+
+async def test_blob_errors_carry_digest_host_status_and_codes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    body = {"errors": [{"code": "BLOB_UNKNOWN", "message": "blob unknown to registry"}]}
+    client, _ = mock_client(monkeypatch, lambda r: httpx.Response(404, json=body))
+    with pytest.raises(NotFoundError) as info:
+        await fetch(source(client), 0, 100)
+    assert info.value.digest == DIGEST
+    assert info.value.host == "registry.example"
+    assert info.value.status == 404
+    assert info.value.codes == ("BLOB_UNKNOWN",)
+
+
+async def test_bad_content_range_error_carries_digest_and_status(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client, _ = mock_client(monkeypatch, lambda r: httpx.Response(206, content=DATA[:100]))
+    with pytest.raises(ProtocolError) as info:
+        await fetch(source(client), 0, 100)
+    assert (info.value.digest, info.value.status, info.value.host) == (
+        DIGEST,
+        206,
+        "registry.example",
+    )
+
+
+async def test_refused_token_for_a_blob_is_auth_error_with_codes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    denied = {"errors": [{"code": "DENIED", "message": "requested access is denied"}]}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "auth.example":
+            return httpx.Response(200, json={"token": "useless"})
+        return httpx.Response(401, headers={"WWW-Authenticate": CHALLENGE}, json=denied)
+
+    client, _ = mock_client(monkeypatch, handler)
+    with pytest.raises(AuthError) as info:
+        await fetch(source(client), 0, 100)
+    assert info.value.status == 401
+    assert info.value.codes == ("DENIED",)
+    assert info.value.host == "registry.example"

@@ -144,7 +144,7 @@ async def test_no_credentials_or_cookies_at_cross_host_targets_or_foreign_hosts(
             )
         return ranged(request)
 
-    from regfs.registry.auth import Credentials
+    from regfs.registry.credentials import Credentials
 
     client, server = mock_client(monkeypatch, handler, credentials=Credentials("alice", "pw"))
     assert await fetch(blob_source(client), 0, 1000) == DATA[:1000]
@@ -200,9 +200,8 @@ async def test_token_expiring_mid_read_with_50_readers(monkeypatch: pytest.Monke
             return httpx.Response(401, headers={"WWW-Authenticate": CHALLENGE})
         return ranged(request)
 
-    client, _server = mock_client(monkeypatch, handler)  # type: ignore[arg-type]
     now = [0.0]
-    client.auth._clock = lambda: now[0]
+    client, _server = mock_client(monkeypatch, handler, clock=lambda: now[0])  # type: ignore[arg-type]
     results: dict[int, bytes] = {}
     step = len(DATA) // 50
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
-import json
 import sys
 import time
 from urllib.parse import parse_qs
@@ -24,33 +23,20 @@ from regfs.errors import (
     TransientError,
 )
 from regfs.oci import manifest as mf
-from regfs.registry.client import MAX_REDIRECTS, RetryPolicy, parse_retry_after
-from tests.unit.mock_http import NO_WAIT, mock_client
+from regfs.oci.reference import parse_registry
+from regfs.registry.client import MAX_REDIRECTS, RegistryClient, RetryPolicy
+from regfs.registry.http import SmallResponse
+from tests.unit.mock_http import (
+    MANIFEST,
+    MANIFEST_DIGEST,
+    NO_WAIT,
+    REGISTRY,
+    manifest_response,
+    mock_client,
+)
 
-MANIFEST = json.dumps(
-    {
-        "schemaVersion": 2,
-        "mediaType": mf.OCI_MANIFEST,
-        "config": {
-            "mediaType": mf.OCI_CONFIG,
-            "digest": "sha256:" + "c" * 64,
-            "size": 2,
-        },
-        "layers": [],
-    }
-).encode()
-MANIFEST_DIGEST = "sha256:" + hashlib.sha256(MANIFEST).hexdigest()
 TOKEN_REALM = "https://auth.example/token"
 CHALLENGE = f'Bearer realm="{TOKEN_REALM}",service="registry.example"'
-
-
-def manifest_response(
-    body: bytes = MANIFEST, digest: str | None = MANIFEST_DIGEST, **headers: str
-) -> httpx.Response:
-    all_headers = {"Content-Type": mf.OCI_MANIFEST, **headers}
-    if digest is not None:
-        all_headers["Docker-Content-Digest"] = digest
-    return httpx.Response(200, headers=all_headers, content=body)
 
 
 @pytest.fixture
@@ -446,17 +432,6 @@ def test_retry_policy_delay() -> None:
         assert 0.0 <= policy.delay(attempt, None) <= min(4.0, 0.5 * 2**attempt)
 
 
-def test_parse_retry_after() -> None:
-    now = 1_700_000_000.0
-    assert parse_retry_after(None) is None
-    assert parse_retry_after("") is None
-    assert parse_retry_after("120") == 120.0
-    assert parse_retry_after(" 7 ") == 7.0
-    assert parse_retry_after("soon") is None
-    assert parse_retry_after(email.utils.formatdate(now + 30, usegmt=True), now=now) == 30.0
-    assert parse_retry_after(email.utils.formatdate(now - 30, usegmt=True), now=now) == 0.0
-
-
 # --------------------------------------------------------------------------------------------
 # cookies, ping, HEAD
 
@@ -527,3 +502,138 @@ async def test_transient_error_class_for_each_status(
         with pytest.raises(error):
             await client.get_manifest("library/hello", "latest")
         assert len(server.requests) == NO_WAIT.attempts
+
+
+# --------------------------------------------------------------------------------------------
+# constructor injection, small responses, error fields
+
+
+async def test_transport_and_clock_are_constructor_arguments() -> None:
+    asked: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked.append(str(request.url.host))
+        if request.url.host == "auth.example":
+            return httpx.Response(200, json={"token": f"t{len(asked)}", "expires_in": 60})
+        if request.url.host == "foreign.example":
+            return httpx.Response(200, content=b"foreign")
+        if not request.headers.get("authorization"):
+            return httpx.Response(401, headers={"WWW-Authenticate": CHALLENGE})
+        return manifest_response()
+
+    now = [0.0]
+    client = RegistryClient(
+        parse_registry(REGISTRY),
+        retry=NO_WAIT,
+        transport=httpx.MockTransport(handler),
+        clock=lambda: now[0],
+    )
+    await client.get_manifest("library/hello", "latest")
+    await client.get_manifest("library/hello", "latest")
+    assert asked.count("auth.example") == 1  # the token is fresh by the injected clock
+    now[0] = 1000.0
+    await client.get_manifest("library/hello", "latest")
+    assert asked.count("auth.example") == 2  # and expired by it
+    # The foreign client goes through the same transport.
+    async with client.open_url(
+        httpx.URL("https://foreign.example/x"), scope=None, headers={}, check=None, foreign=True
+    ) as response:
+        assert await response.aread() == b"foreign"
+    await client.aclose()
+
+
+async def test_get_small_returns_the_capped_body_in_its_own_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client, _ = mock_client(monkeypatch, lambda r: manifest_response())
+    small = await client.get_small(
+        "/v2/library/hello/manifests/latest", scope=None, what="manifest", limit=1 << 20
+    )
+    assert isinstance(small, SmallResponse)
+    assert (small.status, small.body, small.host) == (200, MANIFEST, "registry.example")
+    assert small.url.path == "/v2/library/hello/manifests/latest"
+    assert small.headers["docker-content-digest"] == MANIFEST_DIGEST
+    assert client.stats.bytes_by_host["registry.example"] == len(MANIFEST)
+
+
+async def test_manifest_errors_carry_host_status_digest_and_codes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    body = {"errors": [{"code": "MANIFEST_UNKNOWN", "message": "manifest unknown"}]}
+    client, _ = mock_client(
+        monkeypatch, lambda r: httpx.Response(404, json=body), address="http://127.0.0.1:5000"
+    )
+    with pytest.raises(NotFoundError) as info:
+        await client.get_manifest("library/hello", MANIFEST_DIGEST)
+    error = info.value
+    assert (error.host, error.status, error.digest) == ("127.0.0.1:5000", 404, MANIFEST_DIGEST)
+    assert error.codes == ("MANIFEST_UNKNOWN",)
+    with pytest.raises(NotFoundError) as info:
+        await client.get_manifest("library/hello", "latest")
+    assert info.value.digest is None  # a tag names no digest
+    with pytest.raises(NotFoundError) as info:
+        await client.list_tags("library/hello")
+    assert info.value.codes == ("MANIFEST_UNKNOWN",)
+
+
+async def test_rate_limit_codes_and_retry_after(
+    monkeypatch: pytest.MonkeyPatch, sleeps: list[float]
+) -> None:
+    body = {"errors": [{"code": "TOOMANYREQUESTS", "message": "slow down"}]}
+    client, _ = mock_client(
+        monkeypatch, lambda r: httpx.Response(429, json=body, headers={"Retry-After": "0.5"})
+    )
+    with pytest.raises(RateLimitedError) as info:
+        await client.get_manifest("library/hello", "latest")
+    assert info.value.codes == ("TOOMANYREQUESTS",)
+    assert info.value.retry_after == 0.5
+    assert sleeps == [0.01] * (NO_WAIT.attempts - 1)  # 0.5 s, capped by the policy
+
+
+async def test_refused_401_carries_the_drained_body_codes(monkeypatch: pytest.MonkeyPatch) -> None:
+    body = {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "auth.example":
+            return httpx.Response(200, json={"token": "useless"})
+        return httpx.Response(401, headers={"WWW-Authenticate": CHALLENGE}, json=body)
+
+    client, _ = mock_client(monkeypatch, handler)
+    with pytest.raises(AuthError) as info:
+        await client.get_manifest("library/hello", "latest")
+    assert (info.value.status, info.value.host) == (401, "registry.example")
+    assert info.value.codes == ("UNAUTHORIZED",)
+
+
+async def test_blob_size_errors_carry_the_digest(monkeypatch: pytest.MonkeyPatch) -> None:
+    digest = "sha256:" + "a" * 64
+    client, _ = mock_client(monkeypatch, lambda r: httpx.Response(404))
+    with pytest.raises(NotFoundError) as info:
+        await client.blob_size("repo", digest)
+    assert (info.value.digest, info.value.status) == (digest, 404)
+
+
+async def test_transport_failures_carry_the_host(
+    monkeypatch: pytest.MonkeyPatch, sleeps: list[float]
+) -> None:
+    def down(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    client, _ = mock_client(monkeypatch, down, address="http://127.0.0.1:5000")
+    with pytest.raises(TransientError) as info:
+        await client.ping()
+    assert info.value.host == "127.0.0.1:5000"
+    assert info.value.status is None
+
+
+async def test_redirect_errors_carry_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    client, _ = mock_client(monkeypatch, lambda r: httpx.Response(302))
+    with pytest.raises(ProtocolError) as info:
+        await client.get_manifest("library/hello", "latest")
+    assert (info.value.host, info.value.status) == ("registry.example", 302)
+    client, _ = mock_client(
+        monkeypatch, lambda r: httpx.Response(302, headers={"Location": "ftp://x.example/"})
+    )
+    with pytest.raises(ForbiddenURLError) as info2:
+        await client.get_manifest("library/hello", "latest")
+    assert info2.value.host == "registry.example"  # who sent us there
