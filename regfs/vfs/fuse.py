@@ -138,14 +138,14 @@ class Operations(pyfuse3.Operations):
 
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
         node = await self._guard(f"getxattr {inode}", lambda: _as(self.tree.node, inode))
-        value = node.xattrs.get(name.decode("utf-8", "surrogateescape"))
+        value = node.xattrs.get(_name(name))
         if value is None:
             raise pyfuse3.FUSEError(errno.ENODATA)
         return value
 
     async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
         node = await self._guard(f"listxattr {inode}", lambda: _as(self.tree.node, inode))
-        return [name.encode("utf-8", "surrogateescape") for name in node.xattrs]
+        return [_encoded(name) for name in node.xattrs]
 
     async def opendir(self, inode: int, ctx: Any) -> int:
         node = await self._guard("opendir", lambda: _as(self.tree.node, inode))
@@ -242,16 +242,16 @@ class Operations(pyfuse3.Operations):
         raise pyfuse3.FUSEError(errno.EROFS)
 
 
+# Names are str in the nodes, bytes for the kernel: a name that is not UTF-8 (a tar may hold
+# one) maps through surrogateescape both ways, so what readdir shows, lookup finds. No such
+# name passes the registry's grammar: there it is ENOENT without a request.
+
+
 def _name(raw: bytes) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return "\x00"  # never a valid name: ENOENT
+    return raw.decode("utf-8", "surrogateescape")
 
 
 def _encoded(name: str) -> bytes:
-    # A name from a tar may not be UTF-8: it was decoded with surrogateescape, so it goes
-    # back to the kernel as the bytes it was.
     return name.encode("utf-8", "surrogateescape")
 
 

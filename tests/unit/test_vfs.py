@@ -37,7 +37,7 @@ class Recorder:
     def __call__(self, token: Any, name: bytes, attr: Any, next_id: int) -> bool:
         if len(self.entries) >= self.room:
             return False
-        self.entries.append((name.decode(), attr.st_ino, next_id))
+        self.entries.append((name.decode("utf-8", "surrogateescape"), attr.st_ino, next_id))
         return True
 
 
@@ -237,3 +237,14 @@ async def test_entries_the_kernel_did_not_take_come_back_with_an_inode(
     for name, inode, _ in first + rest:
         assert ops.tree.node(inode).name == name
         assert (await ops.lookup(ROOT_INODE, name.encode())).st_ino == inode
+
+
+async def test_a_name_that_is_not_utf8_is_found_as_listed(monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = b"caf\xe9.txt"  # Latin-1, as an old tar may hold it
+    name = raw.decode("utf-8", "surrogateescape")
+    ops = Operations(InodeTable(StaticDir("", [BytesFile(name, b"x")])))
+    [(listed, inode, _)] = await readdir(
+        ops, await ops.opendir(ROOT_INODE, None), 0, 10, monkeypatch
+    )
+    assert listed.encode("utf-8", "surrogateescape") == raw
+    assert (await ops.lookup(ROOT_INODE, raw)).st_ino == inode
