@@ -354,7 +354,7 @@ async def test_protected_registry_without_credentials_is_auth_error(
     async with built(tmp_path, htpasswd_registry) as b:
         assert await b.names("") == [".regfs"]  # no catalog without credentials
         library = await b.walk("library")
-        # Neither an empty directory nor ENOENT: the refusal itself (EACCES in fs.py).
+        # Neither an empty directory nor ENOENT: the refusal itself (EACCES in vfs/fuse.py).
         with pytest.raises(AuthError) as raised:
             await b.walk("library/hello/latest")
         assert htpasswd_registry.host in str(raised.value)
