@@ -25,7 +25,7 @@ from .dirs import default_cache_dir
 from .errors import RegfsError
 from .mount import MountConfig, run, unmount
 from .oci.platform import host_platform_default, parse_platform
-from .views.tree import Options
+from .views.registry import Options
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2

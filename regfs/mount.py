@@ -1,10 +1,15 @@
-"""Mount lifecycle: checks, detaching, the trio loop, signals, unmount."""
+"""The composition root and the mount's lifecycle.
+
+`build_services` and `make_tree` are the one place regfs is wired: registry clients, the
+store over them, the block and disk caches, the views (with the image view builders in
+IMAGE_VIEWS) and the inode table the pyfuse3 adapter serves. Then: checks, detaching, the
+trio loop, signals, unmount.
+"""
 
 from __future__ import annotations
 
 import ctypes
 import errno
-import json
 import logging
 import os
 import signal
@@ -19,8 +24,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from .cache.blocks import BlockCache
-from .cache.disk import DiskCache
+from .cache import BlockCache, DiskCache
 from .dirs import default_cache_dir, state_dir
 from .errors import RegfsError
 from .oci.reference import parse_registry
@@ -28,9 +32,13 @@ from .registry.blobs import ForeignURLPolicy
 from .registry.client import RegistryClient, RetryPolicy, Stats
 from .registry.credentials import load_credentials
 from .registry.http import tune_read_size
+from .store import RegistryStore
 from .vfs.fuse import Operations
-from .views import archive  # noqa: F401  (registers image.tar and oci/)
-from .views.tree import Context, GeneratedFile, Options, RootDir, StaticDir, Tree
+from .vfs.table import InodeTable
+from .views.archive import archive_entries
+from .views.control import control_dir, json_file, stats_document
+from .views.image import ImageViewBuilder
+from .views.registry import Options, RootDir
 
 log = logging.getLogger(__name__)
 
@@ -148,15 +156,33 @@ def run(config: MountConfig) -> int:
         os._exit(status)
 
 
-def build_context(config: MountConfig, stats: Stats) -> tuple[Context, list[RegistryClient]]:
+# What every image directory shows beside manifest.json, config.json and layers/.
+IMAGE_VIEWS: tuple[ImageViewBuilder, ...] = (archive_entries,)
+
+
+@dataclass
+class Services:
+    """What a mount runs on: one registry's store, the block cache, the clients to close."""
+
+    store: RegistryStore
+    cache: BlockCache
+    clients: list[RegistryClient]
+    stats: Stats
+    started: float = field(default_factory=time.time)
+
+    async def aclose(self) -> None:
+        for client in self.clients:
+            await client.aclose()
+
+
+def build_services(config: MountConfig, stats: Stats) -> Services:
     address = parse_registry(config.registry)
-    retry = RetryPolicy()
     client = RegistryClient(
         address,
         credentials=load_credentials(address.host),
         ca_cert=config.ca_cert,
         insecure=config.insecure,
-        retry=retry,
+        retry=RetryPolicy(),
         stats=stats,
     )
     mirrors = [
@@ -180,45 +206,39 @@ def build_context(config: MountConfig, stats: Stats) -> tuple[Context, list[Regi
         block_size=config.block_size,
         offline=config.options.offline,
     )
-    ctx = Context(
-        client, cache, disk, ForeignURLPolicy(config.foreign_url_allow), config.options, mirrors
+    store = RegistryStore(
+        client,
+        mirrors=mirrors,
+        disk=disk,
+        policy=ForeignURLPolicy(config.foreign_url_allow),
+        offline=config.options.offline,
     )
-    return ctx, [client, *mirrors]
+    return Services(store, cache, [client, *mirrors], stats)
 
 
-def stats_document(ctx: Context, stats: Stats) -> dict[str, object]:
-    c = ctx.cache.stats
-    return {
-        "registry": str(ctx.client.address),
-        "uptime_seconds": round(time.time() - ctx.started, 1),
-        "bytes_fetched_by_host": dict(stats.bytes_by_host),
-        "requests": stats.requests,
-        "retries": stats.retries,
-        "cache": {
-            "memory_hits": c.memory_hits,
-            "disk_hits": c.disk_hits,
-            "misses": c.misses,
-            "memory_bytes": int(ctx.cache.memory.currsize),
-            # Per tier: a memory miss goes to disk, a disk miss (c.misses) to the network.
-            "tiers": {
-                "memory": {"hits": c.memory_hits, "misses": c.disk_hits + c.misses},
-                "disk": {"hits": c.disk_hits, "misses": c.misses if ctx.disk else 0},
-            },
-        },
-        "blobs": {"verified": c.verified, "failed": c.failed, "purged": c.purges},
-        "in_flight_blocks": ctx.cache.in_flight(),
-        "offline": ctx.options.offline,
-        "mirrors": [str(m.address) for m in ctx.mirrors],
-        "errors": dict(stats.errors),
-    }
+def make_tree(services: Services, options: Options) -> InodeTable:
+    store, cache = services.store, services.cache
 
+    def stats() -> dict[str, object]:
+        return stats_document(
+            registry=str(store.client.address),
+            mirrors=[str(m.address) for m in store.mirrors],
+            offline=store.offline,
+            stats=services.stats,
+            cache=cache,
+            started=services.started,
+        )
 
-def make_tree(ctx: Context, stats: Stats) -> Tree:
-    stats_file = GeneratedFile(
-        "stats.json", lambda: (json.dumps(stats_document(ctx, stats), indent=2) + "\n").encode()
+    control = control_dir([json_file("stats.json", stats)], services.started)
+    root = RootDir(
+        store,
+        cache,
+        options,
+        control=control,
+        image_views=IMAGE_VIEWS,
+        started=services.started,
     )
-    control = StaticDir(".regfs", [stats_file], ctx.started)
-    return Tree(RootDir(ctx, control))
+    return InodeTable(root)
 
 
 def mount_device(mountpoint: Path) -> str | None:
@@ -262,12 +282,11 @@ def tune_malloc() -> None:
 async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
     tune_malloc()
     tune_read_size()
-    stats = Stats()
-    ctx, clients = build_context(config, stats)
+    services = build_services(config, Stats())
     try:
         if not config.options.offline:
-            await _ping(ctx, config)
-        tree = make_tree(ctx, stats)
+            await _ping(services.store, config)
+        tree = make_tree(services, config.options)
         ops = Operations(tree, op_timeout=config.op_timeout, tag_ttl=config.options.tag_ttl)
         options = set(pyfuse3.default_options)
         options.discard("default_permissions")
@@ -280,7 +299,7 @@ async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
         try:
             _raise_read_ahead(config.mountpoint)
             log.info("mounted %s at %s", config.registry, config.mountpoint)
-            async with ctx.cache.running(), trio.open_nursery() as nursery:
+            async with services.cache.running(), trio.open_nursery() as nursery:
                 nursery.start_soon(_stop_on_signals, nursery.cancel_scope)
                 ready()
                 await pyfuse3.main()
@@ -289,18 +308,17 @@ async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
             pyfuse3.close(unmount=True)
             log.info("unmounted %s", config.mountpoint)
     finally:
-        for client in clients:
-            await client.aclose()
+        await services.aclose()
 
 
-async def _ping(ctx: Context, config: MountConfig) -> None:
+async def _ping(store: RegistryStore, config: MountConfig) -> None:
     """The registry must answer, or at least one mirror (which can serve it all when warm)."""
     try:
-        await ctx.client.ping()
+        await store.client.ping()
         return
     except RegfsError as exc:
         failure = exc
-    for mirror in ctx.mirrors:
+    for mirror in store.mirrors:
         try:
             await mirror.ping()
         except RegfsError as exc:

@@ -1,4 +1,5 @@
-"""pyfuse3 Operations over the Tree: a thin adapter, and the one place errors become errno.
+"""pyfuse3 Operations over the inode table: a thin adapter, and the one place errors become
+errno. Attributes are the nodes' own (`Attrs`), copied; nothing here decides a mode.
 
 Only FUSEError may leave a handler (anything else stops pyfuse3's loop), and every handler
 returns within the operation bound rather than hanging its caller.
@@ -9,7 +10,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import stat
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -28,7 +28,8 @@ from ..errors import (
     RegfsError,
     TransientError,
 )
-from ..views.tree import Dir, Node, Tree
+from .nodes import Dir, Node, Symlink
+from .table import InodeTable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -56,13 +57,13 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, tree: Tree, *, op_timeout: float = 60.0, tag_ttl: float = 60.0) -> None:
+    def __init__(
+        self, tree: InodeTable, *, op_timeout: float = 60.0, tag_ttl: float = 60.0
+    ) -> None:
         super().__init__()
         self.tree = tree
         self.op_timeout = op_timeout
-        self.tag_ttl = tag_ttl
-        self.uid = os.getuid()
-        self.gid = os.getgid()
+        self.tag_ttl = tag_ttl  # how long the kernel may trust what can change (a tag)
 
     async def _guard(
         self, what: str, call: Callable[[], Awaitable[T]], *, timeout_errno: int = errno.ETIMEDOUT
@@ -92,19 +93,16 @@ class Operations(pyfuse3.Operations):
         timeout = IMMUTABLE_TIMEOUT if node.immutable else self.tag_ttl
         entry.entry_timeout = timeout
         entry.attr_timeout = timeout
-        if node.is_dir:
-            entry.st_mode = stat.S_IFDIR | 0o555
-            entry.st_nlink = 2
-            entry.st_size = 0
-        else:
-            entry.st_mode = stat.S_IFREG | 0o444
-            entry.st_nlink = 1
-            entry.st_size = node.size
-        entry.st_uid = self.uid
-        entry.st_gid = self.gid
+        attrs = node.attrs
+        entry.st_mode = attrs.st_mode
+        entry.st_nlink = attrs.nlink
+        entry.st_size = attrs.size
+        entry.st_uid = attrs.uid
+        entry.st_gid = attrs.gid
+        entry.st_rdev = attrs.rdev
         entry.st_blksize = 1 << 20
-        entry.st_blocks = (entry.st_size + 511) // 512
-        ns = int(node.mtime * 1e9)
+        entry.st_blocks = (attrs.size + 511) // 512
+        ns = int(attrs.mtime * 1e9)
         entry.st_atime_ns = entry.st_mtime_ns = entry.st_ctime_ns = ns
         return entry
 
@@ -132,30 +130,46 @@ class Operations(pyfuse3.Operations):
             except Exception:  # forget must never raise
                 log.exception("forget %d", inode)
 
+    async def readlink(self, inode: int, ctx: Any) -> bytes:
+        node = await self._guard(f"readlink {inode}", lambda: _as(self.tree.node, inode))
+        if not isinstance(node, Symlink):
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return node.target
+
+    async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        node = await self._guard(f"getxattr {inode}", lambda: _as(self.tree.node, inode))
+        value = node.xattrs.get(_name(name))
+        if value is None:
+            raise pyfuse3.FUSEError(errno.ENODATA)
+        return value
+
+    async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
+        node = await self._guard(f"listxattr {inode}", lambda: _as(self.tree.node, inode))
+        return [_encoded(name) for name in node.xattrs]
+
     async def opendir(self, inode: int, ctx: Any) -> int:
         node = await self._guard("opendir", lambda: _as(self.tree.node, inode))
         if not isinstance(node, Dir):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        return inode
+        return self.tree.opendir(inode)
 
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
-        async def listed() -> list[tuple[Node, pyfuse3.EntryAttributes]]:
-            # Offsets are positions in a list sorted by name, stable across calls.
-            ordered = sorted(await self.tree.listdir(fh), key=lambda n: n.name)
-            return [(child, self.attrs(child)) for child in ordered[start_id:]]
+        async def listed() -> list[tuple[str, Node, pyfuse3.EntryAttributes]]:
+            listing = await self.tree.readdir(fh, start_id)
+            return [(name, child, self.attrs(child)) for name, child in listing]
 
         entries = await self._guard(f"readdir {fh}", listed)
-        for position, (child, attrs) in enumerate(entries, start=start_id + 1):
-            if not pyfuse3.readdir_reply(token, child.name.encode(), attrs, position):
+        for position, (name, child, attrs) in enumerate(entries, start=start_id + 1):
+            if not pyfuse3.readdir_reply(token, _encoded(name), attrs, position):
                 # The kernel's buffer is full: entries it did not take hold no reference, so
                 # their inodes go (unless looked up before), or each listing would add more.
-                for unsent, _ in entries[position - start_id - 1 :]:
+                for _, unsent, _ in entries[position - start_id - 1 :]:
                     self.tree.forget(unsent.inode, 0)
                 return
             self.tree.remember(child)
 
     async def releasedir(self, fh: int) -> None:
-        return None
+        self.tree.releasedir(fh)
 
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC):
@@ -228,11 +242,17 @@ class Operations(pyfuse3.Operations):
         raise pyfuse3.FUSEError(errno.EROFS)
 
 
+# Names are str in the nodes, bytes for the kernel: a name that is not UTF-8 (a tar may hold
+# one) maps through surrogateescape both ways, so what readdir shows, lookup finds. No such
+# name passes the registry's grammar: there it is ENOENT without a request.
+
+
 def _name(raw: bytes) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return "\x00"  # never a valid name: ENOENT
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _encoded(name: str) -> bytes:
+    return name.encode("utf-8", "surrogateescape")
 
 
 async def _as(get: Callable[[int], T], inode: int) -> T:

@@ -1,4 +1,4 @@
-"""The tree of DESIGN.md §1 without a mount: build_context + make_tree against the real registry."""
+"""The tree of DESIGN.md §1 without a mount: build_services + make_tree against the real registry."""
 
 from __future__ import annotations
 
@@ -14,11 +14,13 @@ import pyfuse3
 import pytest
 
 from regfs.errors import AuthError, NotFoundError
-from regfs.mount import MountConfig, build_context, make_tree
+from regfs.mount import MountConfig, build_services, make_tree
 from regfs.oci.platform import parse_platform
 from regfs.registry.client import Stats
 from regfs.vfs import fuse as fs
-from regfs.views.tree import ROOT_INODE, Dir, Node, Options, Tree
+from regfs.vfs.nodes import Dir, Node
+from regfs.vfs.table import ROOT_INODE, InodeTable
+from regfs.views.registry import Options
 from tests.fixtures.registry import RegistryServer
 from tests.fixtures.schema1 import schema1_payload
 from tests.fixtures.seed import Seeded
@@ -26,7 +28,7 @@ from tests.fixtures.seed import Seeded
 
 @dataclass
 class Built:
-    tree: Tree
+    tree: InodeTable
     stats: Stats
 
     async def walk(self, path: str) -> Node:
@@ -38,7 +40,7 @@ class Built:
 
     async def names(self, path: str) -> list[str]:
         node = await self.walk(path)
-        return sorted(n.name for n in await self.tree.listdir(node.inode))
+        return sorted(name for name, _ in await self.tree.listdir(node.inode))
 
     async def read(self, path: str, offset: int = 0, size: int | None = None) -> bytes:
         node = await self.walk(path)
@@ -60,13 +62,12 @@ async def built(
         cache_dir=tmp_path / "cache",
     )
     stats = Stats()
-    ctx, clients = build_context(config, stats)
+    services = build_services(config, stats)
     try:
-        async with ctx.cache.running():
-            yield Built(make_tree(ctx, stats), stats)
+        async with services.cache.running():
+            yield Built(make_tree(services, config.options), stats)
     finally:
-        for client in clients:
-            await client.aclose()
+        await services.aclose()
 
 
 async def test_root_lists_namespaces_and_control_dir(
@@ -309,16 +310,17 @@ async def test_readdir_offsets_are_stable(
         ops = fs.Operations(b.tree)
         full = _Collector(1000)
         monkeypatch.setattr(pyfuse3, "readdir_reply", full)
-        await ops.readdir(ROOT_INODE, 0, None)
+        await ops.readdir(await ops.opendir(ROOT_INODE, None), 0, None)
         names = [name for name, _ in full.entries]
         assert names == sorted(names) and len(names) >= 4
         # Two entries at a time, resuming from the offset the last reply carried.
         seen: list[str] = []
         start = 0
+        fh = await ops.opendir(ROOT_INODE, None)
         while True:
             part = _Collector(2)
             monkeypatch.setattr(pyfuse3, "readdir_reply", part)
-            await ops.readdir(ROOT_INODE, start, None)
+            await ops.readdir(fh, start, None)
             if not part.entries:
                 break
             seen += [name for name, _ in part.entries]
@@ -352,7 +354,7 @@ async def test_protected_registry_without_credentials_is_auth_error(
     async with built(tmp_path, htpasswd_registry) as b:
         assert await b.names("") == [".regfs"]  # no catalog without credentials
         library = await b.walk("library")
-        # Neither an empty directory nor ENOENT: the refusal itself (EACCES in fs.py).
+        # Neither an empty directory nor ENOENT: the refusal itself (EACCES in vfs/fuse.py).
         with pytest.raises(AuthError) as raised:
             await b.walk("library/hello/latest")
         assert htpasswd_registry.host in str(raised.value)
@@ -369,7 +371,7 @@ async def test_listing_a_repository_fetches_no_manifest(
     async with built(tmp_path, registry) as b:
         repo = await b.walk("library/hello")
         before = b.stats.requests
-        assert sorted(n.name for n in await b.tree.listdir(repo.inode)) == ["latest", "v1"]
+        assert sorted(name for name, _ in await b.tree.listdir(repo.inode)) == ["latest", "v1"]
         assert b.stats.requests - before == 1  # GET /v2/library/hello/tags/list
         manifest = await b.read("library/hello/latest/manifest.json")
         assert manifest == seeded.hello.manifest_bytes

@@ -1,4 +1,5 @@
-"""regfs.views.archive without a mount: image.tar's segments, headers and reads; the OCI layout."""
+"""regfs.views.archive and regfs.oci.layout without a mount: image.tar's segments, headers and
+reads; the OCI layout."""
 
 from __future__ import annotations
 
@@ -8,17 +9,23 @@ import io
 import json
 import re
 import tarfile
+import weakref
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
 
-from regfs.cache.blocks import BlockCache, ReadStream
+from regfs import mount
+from regfs.cache import BlockCache
+from regfs.oci import layout as oci_layout
 from regfs.oci import manifest as mf
 from regfs.registry.blobs import ForeignURLPolicy
+from regfs.store import RegistryStore
+from regfs.vfs.nodes import BytesFile, File, StaticDir
 from regfs.views import archive
-from regfs.views.tree import IMAGE_EXTRAS, BytesFile, Context, File, ImageName, Options, StaticDir
+from regfs.views.image import ImageName, ResolvedImage
 from tests.fixtures.images import random_bytes
 from tests.unit.mock_http import Recorder, chunks, mock_client
 
@@ -90,11 +97,22 @@ def serve_blobs(request: httpx.Request) -> httpx.Response:
     )
 
 
+@dataclass
+class Context:
+    """A registry's store over the mock server, and the block cache."""
+
+    store: RegistryStore
+    cache: BlockCache
+
+    def image(self, repo: str, image: mf.Manifest, name: ImageName) -> ResolvedImage:
+        return ResolvedImage(self.store, self.cache, repo, image, CONFIG, 1_700_000_000.5, name)
+
+
 @pytest.fixture
 async def world(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[Context, Recorder]]:
     client, recorder = mock_client(monkeypatch, serve_blobs, address="http://127.0.0.1:5000")
     cache = BlockCache(disk=None, block_size=BLOCK, readahead_bytes=8 * BLOCK, request_bytes=BLOCK)
-    ctx = Context(client, cache, None, ForeignURLPolicy([]), Options())
+    ctx = Context(RegistryStore(client, policy=ForeignURLPolicy([])), cache)
     async with cache.running():
         yield ctx, recorder
     await client.aclose()
@@ -114,22 +132,26 @@ def blob_requests(recorder: Recorder, data: bytes) -> list[tuple[int, int]]:
 def nodes(
     ctx: Context, image: mf.Manifest, name: ImageName = TAGGED
 ) -> tuple[archive.SegmentedFile, StaticDir]:
-    created = 1_700_000_000.5
-    tar, oci = archive.archive_entries(ctx, "library/hello", image, CONFIG, created, name)
+    tar, oci = archive.archive_entries(ctx.image("library/hello", image, name))
     assert isinstance(tar, archive.SegmentedFile) and isinstance(oci, StaticDir)
     return tar, oci
 
 
 async def read_all(file: File, chunk: int) -> bytes:
     parts = []
-    stream = ReadStream()
+    handle = await file.open()
     for offset in range(0, file.size, chunk):
-        parts.append(await file.read(offset, chunk, stream))
+        parts.append(await handle.read(offset, chunk))
     return b"".join(parts)
 
 
-def test_the_hook_is_registered() -> None:
-    assert archive.archive_entries in IMAGE_EXTRAS
+async def read_at(file: File, offset: int, size: int) -> bytes:
+    """One read on a handle of its own (no earlier reads to continue: no readahead)."""
+    return await (await file.open()).read(offset, size)
+
+
+def test_the_archives_are_wired_into_image_directories() -> None:
+    assert archive.archive_entries in mount.IMAGE_VIEWS
 
 
 async def test_image_tar_is_a_docker_archive_and_an_oci_archive(
@@ -155,21 +177,21 @@ async def test_image_tar_is_a_docker_archive_and_an_oci_archive(
             return f.read()
 
         for blob in BLOBS.values():
-            assert content(archive.blob_path(digest(blob))) == blob
+            assert content(oci_layout.blob_path(digest(blob))) == blob
         assert json.loads(content("oci-layout")) == {"imageLayoutVersion": "1.0.0"}
         [item] = json.loads(content("manifest.json"))
         assert item == {
-            "Config": archive.blob_path(digest(CONFIG)),
+            "Config": oci_layout.blob_path(digest(CONFIG)),
             "RepoTags": ["127.0.0.1:5000/library/hello:latest"],
-            "Layers": [archive.blob_path(digest(SMALL)), archive.blob_path(digest(BIG))],
+            "Layers": [oci_layout.blob_path(digest(SMALL)), oci_layout.blob_path(digest(BIG))],
         }
         [entry] = json.loads(content("index.json"))["manifests"]
         assert entry["annotations"] == {
-            archive.REF_NAME: "latest",
-            archive.CONTAINERD_NAME: "127.0.0.1:5000/library/hello:latest",
+            oci_layout.REF_NAME: "latest",
+            oci_layout.CONTAINERD_NAME: "127.0.0.1:5000/library/hello:latest",
         }
         assert entry["platform"] == {"architecture": "arm64", "os": "linux", "variant": "v8"}
-        oci = content(archive.blob_path(entry["digest"]))
+        oci = content(oci_layout.blob_path(entry["digest"]))
         assert digest(oci) == entry["digest"] and len(oci) == entry["size"]
     # Headers are plain ustar: what every tar reader takes.
     assert data[257:263] == b"ustar\x00"
@@ -180,15 +202,15 @@ async def test_a_read_fetches_only_the_blocks_under_it(world: tuple[Context, Rec
     tar_file, _ = nodes(ctx, manifest())
     big = next(s for s in tar_file.segments if s.blob is not None and s.size == len(BIG))
     header = big.offset - 512
-    info = tarfile.TarInfo.frombuf(await tar_file.read(header, 512, None), "utf-8", "strict")
-    assert info.name == archive.blob_path(digest(BIG)) and info.size == len(BIG)
+    info = tarfile.TarInfo.frombuf(await read_at(tar_file, header, 512), "utf-8", "strict")
+    assert info.name == oci_layout.blob_path(digest(BIG)) and info.size == len(BIG)
     assert blob_requests(recorder, BIG) == [], "a header is not in any blob"
     middle = big.offset + 150_000
-    assert await tar_file.read(middle, 100, None) == BIG[150_000:150_100]
+    assert await read_at(tar_file, middle, 100) == BIG[150_000:150_100]
     first = 150_000 // BLOCK * BLOCK
     assert blob_requests(recorder, BIG) == [(first, first + BLOCK)]
     # Straddling the end of the big layer: its last bytes, the padding, the next header.
-    tail = await tar_file.read(big.offset + len(BIG) - 10, 600, None)
+    tail = await read_at(tar_file, big.offset + len(BIG) - 10, 600)
     assert tail[:10] == BIG[-10:]
     assert tail[10 : 10 + (-len(BIG) % 512)] == bytes(-len(BIG) % 512)
     assert blob_requests(recorder, SMALL) == []
@@ -199,8 +221,8 @@ async def test_reads_match_at_any_offset(world: tuple[Context, Recorder]) -> Non
     tar_file, _ = nodes(ctx, manifest())
     whole = await read_all(tar_file, 1 << 20)
     for offset, size in [(0, 1), (511, 2), (1000, 5000), (tar_file.size - 3, 100), (7, 400_000)]:
-        assert await tar_file.read(offset, size, None) == whole[offset : offset + size]
-    assert await tar_file.read(tar_file.size, 10, None) == b""
+        assert await read_at(tar_file, offset, size) == whole[offset : offset + size]
+    assert await read_at(tar_file, tar_file.size, 10) == b""
 
 
 async def test_sequential_reads_get_readahead_and_jumps_do_not(
@@ -209,12 +231,13 @@ async def test_sequential_reads_get_readahead_and_jumps_do_not(
     ctx, _ = world
     tar_file, _ = nodes(ctx, manifest())
     big = next(s for s in tar_file.segments if s.blob is not None and s.size == len(BIG))
-    stream = ReadStream()
-    await tar_file.read(big.offset - 512, BLOCK, stream)
+    handle = await tar_file.open()
+    stream = handle.stream
+    await handle.read(big.offset - 512, BLOCK)
     assert stream.window == 0  # not where the last read ended: no readahead
-    await tar_file.read(big.offset - 512 + BLOCK, BLOCK, stream)
+    await handle.read(big.offset - 512 + BLOCK, BLOCK)
     assert stream.window > 0 and stream.next_offset == big.offset - 512 + 2 * BLOCK
-    await tar_file.read(big.offset + 200_000, BLOCK, stream)
+    await handle.read(big.offset + 200_000, BLOCK)
     assert stream.window == 0
 
 
@@ -222,7 +245,7 @@ async def test_docker_manifest_restated_with_oci_media_types(
     world: tuple[Context, Recorder],
 ) -> None:
     image = manifest(foreign_urls=("https://cdn.example/base.tar.gz",))
-    restated = json.loads(archive.oci_manifest(image))
+    restated = json.loads(oci_layout.oci_manifest(image))
     assert restated["mediaType"] == mf.OCI_MANIFEST
     assert restated["config"]["mediaType"] == mf.OCI_CONFIG
     assert [d["mediaType"] for d in restated["layers"]] == [mf.OCI_LAYER_GZIP, mf.OCI_NONDIST_GZIP]
@@ -230,7 +253,7 @@ async def test_docker_manifest_restated_with_oci_media_types(
     assert [d["digest"] for d in restated["layers"]] == [d.digest for d in image.layers]
     # docker save names a foreign layer's origin by its diff ID.
     ctx, _ = world
-    layout = archive.layout(ctx, "windows/servercore", image, CONFIG, ImageName("x", "x"))
+    layout = archive.layout_of(ctx.image("windows/servercore", image, ImageName("x", "x")))
     [item] = json.loads(layout.docker_manifest)
     assert item["LayerSources"] == {
         "sha256:" + "2" * 64: {
@@ -245,8 +268,8 @@ async def test_docker_manifest_restated_with_oci_media_types(
 async def test_an_oci_manifest_is_kept_byte_for_byte(world: tuple[Context, Recorder]) -> None:
     ctx, _ = world
     image = manifest("oci")
-    assert archive.oci_manifest(image) == image.raw
-    layout = archive.layout(ctx, "oci/app", image, CONFIG, ImageName("1.0", "1.0"))
+    assert oci_layout.oci_manifest(image) == image.raw
+    layout = archive.layout_of(ctx.image("oci/app", image, ImageName("1.0", "1.0")))
     assert layout.manifest_digest == image.digest
 
 
@@ -255,15 +278,17 @@ async def test_names_of_tags_digests_and_platforms(
 ) -> None:
     ctx, _ = world
     image = manifest()
-    digest_dir = archive.layout(ctx, "library/hello", image, CONFIG, ImageName(image.digest))
+    digest_dir = archive.layout_of(ctx.image("library/hello", image, ImageName(image.digest)))
     assert json.loads(digest_dir.docker_manifest)[0]["RepoTags"] == []
     [entry] = json.loads(digest_dir.index)["manifests"]
-    assert entry["annotations"] == {archive.REF_NAME: image.digest}
+    assert entry["annotations"] == {oci_layout.REF_NAME: image.digest}
     from regfs.oci.reference import parse_registry
 
-    monkeypatch.setattr(ctx.client, "address", parse_registry("docker.io"))
-    assert archive.repo_tag(ctx, "library/alpine", "3") == "alpine:3"
-    assert archive.repo_tag(ctx, "bitnami/redis", "7") == "bitnami/redis:7"
+    monkeypatch.setattr(ctx.store.client, "address", parse_registry("docker.io"))
+    assert oci_layout.repo_tag(ctx.store.host, "library/alpine", "3") == "alpine:3"
+    assert oci_layout.repo_tag(ctx.store.host, "bitnami/redis", "7") == "bitnami/redis:7"
+    hub = archive.layout_of(ctx.image("library/alpine", image, ImageName("3", "3")))
+    assert json.loads(hub.docker_manifest)[0]["RepoTags"] == ["alpine:3"]
 
 
 async def test_oci_directory_holds_manifest_config_and_layers(
@@ -273,7 +298,9 @@ async def test_oci_directory_holds_manifest_config_and_layers(
     _, oci = nodes(ctx, manifest())
     entries = {n.name: n for n in await oci.children()}
     assert set(entries) == {"oci-layout", "index.json", "blobs"}
-    index = json.loads(await entries["index.json"].read(0, 1 << 20, None))  # type: ignore[attr-defined]
+    index_file = entries["index.json"]
+    assert isinstance(index_file, File)
+    index = json.loads(await read_all(index_file, 1 << 20))
     blobs = entries["blobs"]
     assert isinstance(blobs, StaticDir)
     [sha256] = await blobs.children()
@@ -303,11 +330,12 @@ def test_schema1_images_get_no_archive() -> None:
     image = mf.parse_document(raw)
     assert isinstance(image, mf.Manifest)
     ctx: Any = object()  # nothing may be asked of it
-    assert archive.archive_entries(ctx, "legacy/schema1", image, b"{}", 0.0, ImageName("1")) == []
+    resolved = ResolvedImage(ctx, ctx, "legacy/schema1", image, b"{}", 0.0, ImageName("1"))
+    assert archive.archive_entries(resolved) == []
 
 
 def test_long_names_get_a_pax_header() -> None:
-    builder = archive.TarBuilder(0)
+    builder = oci_layout.TarBuilder(0)
     name = "blobs/sha512/" + "a" * 128
     builder.file(name, b"data")
     data = b"".join(s.data or b"" for s in builder.finish())
@@ -323,13 +351,16 @@ async def test_each_handle_keeps_one_stream_per_blob(world: tuple[Context, Recor
     ctx, _ = world
     tar_file, _ = nodes(ctx, manifest())
     big = next(s for s in tar_file.segments if s.blob is not None and s.size == len(BIG))
-    stream = ReadStream()
-    await tar_file.read(big.offset, 100, stream)
     assert big.blob is not None
-    local = tar_file._blob_stream(stream, big.blob)
-    await tar_file.read(big.offset + 5000, 100, stream)
-    assert tar_file._blob_stream(stream, big.blob) is local
-    assert tar_file._blob_stream(ReadStream(), big.blob) is not local
-    del stream, local
+    handle = await tar_file.open()
+    await handle.read(big.offset, 100)
+    local = handle.blob_streams[big.blob.digest]
+    await handle.read(big.offset + 5000, 100)
+    assert handle.blob_streams[big.blob.digest] is local
+    other = await tar_file.open()
+    await other.read(big.offset, 100)
+    assert other.blob_streams[big.blob.digest] is not local
+    gone = weakref.ref(local)
+    del handle, local
     gc.collect()
-    assert tar_file._blob_streams == {}
+    assert gone() is None  # nothing but the handle held it

@@ -18,8 +18,11 @@ from regfs.cache.blocks import BlockCache, ReadStream
 from regfs.errors import AuthError, ForbiddenURLError, IntegrityError, NotFoundError
 from regfs.oci import manifest as mf
 from regfs.registry.blobs import BlobSource, ForeignURLPolicy
+from regfs.store import RegistryStore
 from regfs.vfs.fuse import errno_for
-from regfs.views.tree import Context, Options, RootDir, StaticDir, Tree
+from regfs.vfs.nodes import StaticDir
+from regfs.vfs.table import InodeTable
+from regfs.views.registry import RootDir
 from tests.fixtures.images import random_bytes
 from tests.unit.mock_http import chunks, mock_client
 
@@ -246,8 +249,8 @@ async def test_invalid_names_are_enoent_without_a_request(monkeypatch: pytest.Mo
 
     client, server = mock_client(monkeypatch, handler)
     async with BlockCache(disk=None).running() as cache:
-        ctx = Context(client, cache, None, ForeignURLPolicy(), Options())
-        tree = Tree(RootDir(ctx, StaticDir(".regfs", [])))
+        store = RegistryStore(client, policy=ForeignURLPolicy())
+        tree = InodeTable(RootDir(store, cache, control=StaticDir(".regfs", [])))
         library = await tree.lookup(1, "library")
         hello = await tree.lookup(library.inode, "hello")
         bad = [

@@ -1,17 +1,17 @@
-"""regfs.vfs.fuse without a mount: errno mapping, and Operations over a tiny in-memory Tree."""
+"""regfs.vfs without a mount: errno mapping, and Operations over a tiny in-memory inode table."""
 
 from __future__ import annotations
 
 import errno
 import os
 import stat
+from collections.abc import Mapping
 from typing import Any
 
 import pyfuse3
 import pytest
 import trio
 
-from regfs.cache.blocks import ReadStream
 from regfs.errors import (
     AuthError,
     ForbiddenURLError,
@@ -28,7 +28,8 @@ from regfs.errors import (
 )
 from regfs.vfs import fuse as fs
 from regfs.vfs.fuse import Operations, errno_for
-from regfs.views.tree import ROOT_INODE, BytesFile, Dir, File, Node, StaticDir, Tree
+from regfs.vfs.nodes import Attrs, BytesFile, Dir, File, FileHandle, Node, StaticDir
+from regfs.vfs.table import ROOT_INODE, InodeTable
 
 HELLO = b"hello, world\n" * 100
 
@@ -77,23 +78,24 @@ class Broken(File):
     """A file whose read fails with `exc`."""
 
     def __init__(self, name: str, exc: BaseException) -> None:
-        super().__init__(name)
+        super().__init__(name, 10)
         self.exc = exc
 
-    @property
-    def size(self) -> int:
-        return 10
+    async def open(self) -> FileHandle:
+        return self
 
-    async def read(self, offset: int, size: int, stream: ReadStream | None) -> bytes:
+    async def read(self, offset: int, size: int) -> bytes:
         raise self.exc
 
 
 class Hanging(File):
-    @property
-    def size(self) -> int:
-        return 10
+    def __init__(self, name: str) -> None:
+        super().__init__(name, 10)
 
-    async def read(self, offset: int, size: int, stream: ReadStream | None) -> bytes:
+    async def open(self) -> FileHandle:
+        return self
+
+    async def read(self, offset: int, size: int) -> bytes:
         await trio.sleep_forever()
         raise AssertionError
 
@@ -108,16 +110,20 @@ class BadDir(Dir):
     async def lookup(self, name: str) -> Node | None:
         raise self.exc
 
-    async def children(self) -> list[Node]:
+    async def entries(self) -> Mapping[str, Node]:
         raise self.exc
 
 
 class BadSize(File):
     """A node whose attributes cannot be computed."""
 
-    @property
-    def size(self) -> int:
+    @property  # type: ignore[override]
+    def attrs(self) -> Attrs:
         raise RuntimeError("no size")
+
+    @attrs.setter
+    def attrs(self, value: Attrs) -> None:
+        pass
 
 
 def make_ops(*extra: Node, op_timeout: float = 60.0) -> Operations:
@@ -130,7 +136,7 @@ def make_ops(*extra: Node, op_timeout: float = 60.0) -> Operations:
             *extra,
         ],
     )
-    return Operations(Tree(root), op_timeout=op_timeout)
+    return Operations(InodeTable(root), op_timeout=op_timeout)
 
 
 class ReaddirRecorder:
@@ -322,7 +328,7 @@ async def test_attributes_that_fail_become_eio(monkeypatch: pytest.MonkeyPatch) 
     assert info.value.errno == errno.EIO
     monkeypatch.setattr(pyfuse3, "readdir_reply", ReaddirRecorder())
     with pytest.raises(pyfuse3.FUSEError) as info:
-        await ops.readdir(ROOT_INODE, 0, None)
+        await ops.readdir(await ops.opendir(ROOT_INODE, None), 0, None)
     assert info.value.errno == errno.EIO
 
 

@@ -1,0 +1,70 @@
+"""The mount's control directory, `.regfs/`: files made when opened (stats.json)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
+
+from ..cache import BlockCache
+from ..vfs.nodes import GeneratedFile, StaticDir
+
+CONTROL_DIR = ".regfs"
+
+
+class RequestStats(Protocol):
+    """The registry clients' counters (regfs.registry.client.Stats)."""
+
+    @property
+    def requests(self) -> int: ...
+    @property
+    def retries(self) -> int: ...
+    @property
+    def bytes_by_host(self) -> Mapping[str, int]: ...
+    @property
+    def errors(self) -> Mapping[str, int]: ...
+
+
+def stats_document(
+    *,
+    registry: str,
+    mirrors: Sequence[str],
+    offline: bool,
+    stats: RequestStats,
+    cache: BlockCache,
+    started: float,
+) -> dict[str, object]:
+    c = cache.stats
+    return {
+        "registry": registry,
+        "uptime_seconds": round(time.time() - started, 1),
+        "bytes_fetched_by_host": dict(stats.bytes_by_host),
+        "requests": stats.requests,
+        "retries": stats.retries,
+        "cache": {
+            "memory_hits": c.memory_hits,
+            "disk_hits": c.disk_hits,
+            "misses": c.misses,
+            "memory_bytes": int(cache.memory.currsize),
+            # Per tier: a memory miss goes to disk, a disk miss (c.misses) to the network.
+            "tiers": {
+                "memory": {"hits": c.memory_hits, "misses": c.disk_hits + c.misses},
+                "disk": {"hits": c.disk_hits, "misses": c.misses if cache.disk else 0},
+            },
+        },
+        "blobs": {"verified": c.verified, "failed": c.failed, "purged": c.purges},
+        "in_flight_blocks": cache.in_flight(),
+        "offline": offline,
+        "mirrors": list(mirrors),
+        "errors": dict(stats.errors),
+    }
+
+
+def json_file(name: str, document: Callable[[], object]) -> GeneratedFile:
+    """A file holding `document()` as indented JSON, made anew at each open."""
+    return GeneratedFile(name, lambda: (json.dumps(document(), indent=2) + "\n").encode())
+
+
+def control_dir(files: Sequence[GeneratedFile], mtime: float) -> StaticDir:
+    return StaticDir(CONTROL_DIR, files, mtime, immutable=True)

@@ -1,0 +1,238 @@
+"""Image directories: manifest.json, config.json, layers/, and the views given to the mount.
+
+    <tag or sha256:…>/manifest.json, config.json, layers/<digest>.<ext>, then whatever the
+    image view builders add (image.tar, oci/); for an index: index.json, platforms/<name>/
+    and the entries of the platform asked for.
+
+Builders are passed in where the mount is wired (`ImageViews(builders=…)`), not registered
+by importing them: what an image directory shows is decided in one place.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import trio
+
+from ..cache import BlobRef, BlockCache, ReadStream
+from ..oci import manifest as mf
+from ..oci.platform import choose_platform, platform_names
+from ..vfs.nodes import BytesFile, Dir, File, FileHandle, Node, StaticDir
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+
+class BlobFile(File):
+    """A blob read lazily through the block cache."""
+
+    __slots__ = ("blob", "cache")
+
+    def __init__(self, name: str, cache: BlockCache, blob: BlobRef, mtime: float) -> None:
+        super().__init__(name, blob.size, mtime)
+        self.cache = cache
+        self.blob = blob
+
+    async def open(self) -> FileHandle:
+        return BlobHandle(self.cache, self.blob)
+
+    def keep_cache(self) -> bool:
+        # Only bytes checked against the digest may stay in the kernel's page cache.
+        return self.cache.is_verified(self.blob.digest)
+
+
+class BlobHandle:
+    """An open blob: its stream tells the cache where the last read ended (readahead)."""
+
+    __slots__ = ("blob", "cache", "stream")
+
+    def __init__(self, cache: BlockCache, blob: BlobRef) -> None:
+        self.cache = cache
+        self.blob = blob
+        self.stream = ReadStream()
+
+    async def read(self, offset: int, size: int) -> bytes:
+        return await self.cache.read(self.blob, offset, size, self.stream)
+
+
+def config_created(raw: bytes) -> float:
+    """The config's `created` as a timestamp (0 when absent or malformed)."""
+    try:
+        created = json.loads(raw).get("created")
+        text = str(created).replace("Z", "+00:00")
+        if "." in text:  # Go writes nanoseconds; Python parses at most microseconds
+            head, _, tail = text.partition(".")
+            digits = "".join(c for c in tail if c.isdigit())
+            tail = tail[len(digits) :]
+            text = f"{head}.{digits[:6]}{tail}"
+        return datetime.fromisoformat(text).timestamp()
+    except (ValueError, TypeError, AttributeError):
+        return 0.0
+
+
+@dataclass(frozen=True)
+class ImageName:
+    """How an image directory is reached: its name, and its tag when it is a tag directory."""
+
+    dirname: str
+    tag: str | None = None
+
+
+@dataclass(frozen=True)
+class ResolvedImage:
+    """One image as a builder gets it: the manifest (sizes known), its config, where its
+    blobs come from, and how its directory was reached."""
+
+    store: Store
+    cache: BlockCache
+    repo: str
+    manifest: mf.Manifest
+    config: bytes
+    created: float
+    name: ImageName
+
+    def blob(self, descriptor: mf.Descriptor) -> BlobRef:
+        return self.store.blob(self.repo, descriptor)
+
+
+# A whole-image view beside manifest.json (image.tar, oci/, later rootfs/).
+ImageViewBuilder = Callable[[ResolvedImage], Sequence[Node]]
+
+
+class ImageViews:
+    """Makes one registry's image directories and what they hold."""
+
+    def __init__(
+        self,
+        store: Store,
+        cache: BlockCache,
+        *,
+        platform: mf.Platform,
+        builders: Sequence[ImageViewBuilder] = (),
+        started: float = 0.0,
+    ) -> None:
+        self.store = store
+        self.cache = cache
+        self.platform = platform  # the entry of an index its directory shows
+        self.builders = tuple(builders)
+        self.started = started  # the mtime of a directory before its image's is known
+
+    def directory(
+        self, name: str, repo: str, doc: mf.Document, *, mutable: bool = False
+    ) -> ImageDir:
+        return ImageDir(name, self, repo, doc, mutable=mutable)
+
+    async def image_entries(self, repo: str, image: mf.Manifest, name: ImageName) -> list[Node]:
+        """manifest.json, config.json, layers/ and the builders' views of one image."""
+        store, cache = self.store, self.cache
+        if image.config is not None:
+            config_ref = store.blob(repo, image.config)
+            config = await cache.read_all(config_ref)
+            created = config_created(config)
+            config_node: Node = BlobFile("config.json", cache, config_ref, created)
+        else:
+            config = image.schema1_config or b"{}"
+            created = config_created(config)
+            config_node = BytesFile("config.json", config, created)
+        image = await self._with_sizes(repo, image)
+        layer_nodes: dict[str, Node] = {}
+        for d in image.layers:
+            filename = f"{d.digest}.{mf.layer_extension(d.media_type)}"
+            if filename not in layer_nodes:  # schema 1 repeats empty layers
+                layer_nodes[filename] = BlobFile(filename, cache, store.blob(repo, d), created)
+        entries: list[Node] = [
+            BytesFile("manifest.json", image.raw, created),
+            config_node,
+            StaticDir("layers", layer_nodes.values(), created),
+        ]
+        resolved = ResolvedImage(store, cache, repo, image, config, created, name)
+        for build in self.builders:
+            entries += build(resolved)
+        return entries
+
+    async def _with_sizes(self, repo: str, image: mf.Manifest) -> mf.Manifest:
+        """Schema 1 states no layer sizes: ask the registry (HEAD) for them."""
+        if all(d.size >= 0 for d in image.layers):
+            return image
+        sizes = [await self.store.blob_size(repo, d.digest) for d in image.layers]
+        layers = tuple(
+            mf.Descriptor(d.media_type, d.digest, s, d.urls)
+            for d, s in zip(image.layers, sizes, strict=True)
+        )
+        return mf.Manifest(
+            image.media_type, image.raw, image.digest, None, layers, image.schema1_config
+        )
+
+
+class ImageDir(Dir):
+    """One image (manifest) or index, by tag, digest or platform. Immutable once resolved."""
+
+    def __init__(
+        self, name: str, views: ImageViews, repo: str, doc: mf.Document, *, mutable: bool = False
+    ) -> None:
+        # The mount's start time until the config's `created` is known (on first listing).
+        super().__init__(name, views.started, immutable=not mutable)
+        self.views = views
+        self.repo = repo
+        self.doc = doc
+        self.resolved_at = time.monotonic()
+        self._entries: dict[str, Node] | None = None
+        self._lock = trio.Lock()
+
+    async def entries(self) -> Mapping[str, Node]:
+        async with self._lock:
+            if self._entries is None:
+                self._entries = {node.name: node for node in await self._build()}
+            return self._entries
+
+    async def _build(self) -> list[Node]:
+        doc, views = self.doc, self.views
+        if isinstance(doc, mf.Index):
+            entries: list[Node] = [
+                BytesFile("index.json", doc.raw),
+                PlatformsDir("platforms", views, self.repo, doc),
+            ]
+            chosen = choose_platform(doc, views.platform)
+            if chosen is not None:
+                image = await views.store.document(self.repo, chosen.digest)
+                if isinstance(image, mf.Manifest):
+                    entries += await views.image_entries(self.repo, image, self.image_name)
+            for entry in entries:
+                entry.set_mtime(entry.mtime or self.mtime)
+            return entries
+        entries = await views.image_entries(self.repo, doc, self.image_name)
+        self.set_mtime(max((e.mtime for e in entries), default=0.0) or self.mtime)
+        return entries
+
+    @property
+    def image_name(self) -> ImageName:
+        # Only tag directories are mutable (RepoDir._image): digests and platforms are not.
+        return ImageName(self.name, None if self.immutable else self.name)
+
+
+class PlatformsDir(Dir):
+    """platforms/: each entry of an index under its os-arch[-variant] name."""
+
+    def __init__(self, name: str, views: ImageViews, repo: str, index: mf.Index) -> None:
+        super().__init__(name)
+        self.views = views
+        self.repo = repo
+        self.index = index
+        self._named = dict(platform_names(index))
+        self._nodes: dict[str, Node] = {}
+
+    async def entries(self) -> Mapping[str, Node]:
+        found = {name: await self.lookup(name) for name in self._named}
+        return {name: node for name, node in found.items() if node is not None}
+
+    async def lookup(self, name: str) -> Node | None:
+        node = self._nodes.get(name)
+        if node is None and name in self._named:
+            doc = await self.views.store.document(self.repo, self._named[name].digest)
+            node = self._nodes[name] = self.views.directory(name, self.repo, doc)
+        return node

@@ -1,0 +1,44 @@
+"""What the views need of a registry: the interface `regfs.store.RegistryStore` provides.
+
+Views depend on this, never on a client: where answers come from (mirrors, the disk cache,
+offline) is the store's business, and tests give the views a fake.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ..cache import BlobRef
+from ..oci import manifest as mf
+
+
+class Store(Protocol):
+    @property
+    def host(self) -> str:
+        """The registry's host[:port], as image names (`docker load`) carry it."""
+        ...
+
+    @property
+    def offline(self) -> bool:
+        """Only what the disk cache holds is there: nothing is asked of the network."""
+        ...
+
+    async def document(self, repo: str, reference: str) -> mf.Document:
+        """A manifest or index by tag or digest. NotFoundError when there is none."""
+        ...
+
+    async def tags(self, repo: str) -> list[str]:
+        """Sorted tags. NotFoundError: no such repository; AuthError: the list is refused."""
+        ...
+
+    async def catalog(self) -> list[str] | None:
+        """Every repository, sorted; None when the registry does not say (no catalog)."""
+        ...
+
+    def blob(self, repo: str, descriptor: mf.Descriptor) -> BlobRef:
+        """The blob, to read through the block cache."""
+        ...
+
+    async def blob_size(self, repo: str, digest: str) -> int:
+        """A blob's size, for manifests that do not state it (schema 1)."""
+        ...

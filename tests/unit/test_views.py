@@ -1,0 +1,289 @@
+"""regfs.views over a fake store: repositories, tags, digests, nested repositories, refusals,
+offline, indexes and the image views passed in; mirror fallback through the real store."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
+
+import pytest
+
+from regfs.cache import BlockCache
+from regfs.errors import AuthError, NotFoundError, TransientError
+from regfs.oci import manifest as mf
+from regfs.store import RegistryStore
+from regfs.vfs.nodes import BytesFile, Dir, File, Node, StaticDir
+from regfs.vfs.table import InodeTable
+from regfs.views.image import ImageDir, ImageViewBuilder, ResolvedImage
+from regfs.views.registry import Options, RepoDir, RootDir, TagDir
+from regfs.views.store import Store
+from tests.unit.fakes import FakeClient, FakeStore, make_image, make_index
+
+AMD64 = mf.Platform("linux", "amd64", "")
+CREATED = "2024-01-02T03:04:05Z"
+
+
+@pytest.fixture
+async def cache() -> AsyncIterator[BlockCache]:
+    async with BlockCache(disk=None, block_size=4096).running() as cache:
+        yield cache
+
+
+class View:
+    """A registry's tree over `store`, walked and read the way the adapter does."""
+
+    def __init__(
+        self,
+        store: Store,
+        cache: BlockCache,
+        *,
+        platform: mf.Platform = AMD64,
+        tag_ttl: float = 60.0,
+        image_views: Sequence[ImageViewBuilder] = (),
+    ) -> None:
+        self.control = StaticDir(".regfs", [])
+        self.root = RootDir(
+            store,
+            cache,
+            Options(platform=platform, tag_ttl=tag_ttl),
+            control=self.control,
+            image_views=image_views,
+            started=1000.0,
+        )
+        self.table = InodeTable(self.root)
+
+    async def walk(self, path: str) -> Node:
+        node: Node = self.root
+        for name in path.split("/"):
+            if name:
+                node = await self.table.lookup(node.inode, name)
+        return node
+
+    async def names(self, path: str) -> list[str]:
+        node = await self.walk(path)
+        return [name for name, _ in await self.table.listdir(node.inode)]
+
+    async def read(self, path: str) -> bytes:
+        node = await self.walk(path)
+        assert isinstance(node, File)
+        fh, _ = await self.table.open(node.inode)
+        try:
+            return await self.table.read(fh, 0, node.size + 1)
+        finally:
+            self.table.release(fh)
+
+
+def hello_store() -> FakeStore:
+    store = FakeStore(repos=["library/hello"])
+    store.add("library/hello", "latest", make_image(b"hello layer", created=CREATED))
+    store.add("library/hello", "v1", make_image(b"v1 layer"))
+    return store
+
+
+async def test_a_tag_is_looked_up_with_one_manifest_request(cache: BlockCache) -> None:
+    store = hello_store()
+    view = View(store, cache)
+    latest = await view.walk("library/hello/latest")
+    assert isinstance(latest, TagDir) and not latest.immutable
+    assert store.count("tags") == 0, "no tag list first"
+    assert store.calls.count(("document", "library/hello", "latest")) == 1
+    image = store.documents[("library/hello", "latest")]
+    assert await view.names("library/hello/latest") == ["config.json", "layers", "manifest.json"]
+    assert await view.read("library/hello/latest/manifest.json") == image.raw
+    layer = f"{mf.sha256_digest(b'hello layer')}.tar.gz"
+    assert await view.names("library/hello/latest/layers") == [layer]
+    assert await view.read(f"library/hello/latest/layers/{layer}") == b"hello layer"
+    # The image's mtime is its config's `created`.
+    assert latest.mtime == datetime.fromisoformat("2024-01-02T03:04:05+00:00").timestamp()
+
+
+async def test_listing_a_repository_resolves_no_tag(cache: BlockCache) -> None:
+    store = hello_store()
+    view = View(store, cache)
+    assert await view.names("library/hello") == ["latest", "v1"]
+    assert store.count("document") == 0
+    assert await view.names("") == [".regfs", "library"]
+
+
+async def test_a_digest_is_reachable_immutable_and_not_listed(cache: BlockCache) -> None:
+    store = hello_store()
+    view = View(store, cache)
+    digest = store.documents[("library/hello", "v1")].digest
+    node = await view.walk(f"library/hello/{digest}")
+    assert isinstance(node, ImageDir) and node.immutable
+    assert digest not in await view.names("library/hello")
+    assert await view.walk(f"library/hello/{digest}") is node  # resolved once
+    assert store.calls.count(("document", "library/hello", digest)) == 1
+
+
+async def test_nested_repositories_from_the_catalog(cache: BlockCache) -> None:
+    store = FakeStore(repos=["team/project/tool", "team/other"])
+    store.add("team/project/tool", "3", make_image())
+    store.add("team/other", "1", make_image())
+    view = View(store, cache)
+    assert await view.names("") == [".regfs", "team"]
+    assert await view.names("team") == ["other", "project"]
+    assert await view.names("team/project/tool") == ["3"]
+    assert isinstance(await view.walk("team/project/tool/3"), TagDir)
+    # The catalog says team and team/project are namespaces only: no tag list asked for.
+    assert ("tags", "team") not in store.calls and ("tags", "team/project") not in store.calls
+    with pytest.raises(NotFoundError):
+        await view.walk("team/nope")  # not in the catalog, and no such tag
+    assert ("tags", "team/nope") not in store.calls
+
+
+async def test_without_a_catalog_names_are_found_by_asking(cache: BlockCache) -> None:
+    store = hello_store()
+    store.repos = None
+    view = View(store, cache)
+    assert await view.names("") == [".regfs"]
+    assert isinstance(await view.walk("library"), RepoDir)
+    assert isinstance(await view.walk("library/hello"), RepoDir)
+    assert isinstance(await view.walk("library/hello/latest"), TagDir)
+    # No tag of that name: it may still be a repository, an empty one as far as we know.
+    assert isinstance(await view.walk("library/hello/nope"), RepoDir)
+    assert await view.names("library/hello/nope") == []
+
+
+async def test_invalid_names_ask_nothing(cache: BlockCache) -> None:
+    store = hello_store()
+    view = View(store, cache)
+    hello = await view.walk("library/hello")
+    before = len(store.calls)
+    for name in ["..", "Library!", "sha256:abc", "a%2Fb", "x" * 300]:
+        with pytest.raises(NotFoundError):
+            await view.table.lookup(hello.inode, name)
+    assert [c for c in store.calls[before:] if c[0] != "catalog"] == []
+
+
+async def test_a_refused_tag_list_without_a_catalog_is_the_refusal(cache: BlockCache) -> None:
+    store = FakeStore(repos=None)
+    refused = AuthError("401 from fake.example")
+    store.tag_lists["library/hello"] = refused
+    store.tag_lists["library/hello/latest"] = refused
+    store.documents[("library/hello", "latest")] = refused
+    view = View(store, cache)
+    hello = await view.walk("library/hello")
+    with pytest.raises(AuthError):  # not an empty directory: EACCES in the adapter
+        await view.table.listdir(hello.inode)
+    with pytest.raises(AuthError):  # neither ENOENT
+        await view.walk("library/hello/latest")
+
+
+async def test_a_refused_tag_list_with_a_catalog_lists_what_the_catalog_shows(
+    cache: BlockCache,
+) -> None:
+    store = hello_store()
+    store.repos = ["library/hello", "library/hello/sub"]
+    store.tag_lists["library/hello"] = AuthError("tags refused")
+    view = View(store, cache)
+    assert await view.names("library/hello") == ["sub"]
+    assert isinstance(await view.walk("library/hello/latest"), TagDir)  # its manifest answers
+
+
+async def test_offline_lookups_go_by_the_cached_tags(cache: BlockCache) -> None:
+    store = hello_store()
+    store.offline = True
+    store.repos = ["library/hello", "library/hello/sub"]
+    store.add("library/hello/sub", "1", make_image())
+    view = View(store, cache)
+    assert isinstance(await view.walk("library/hello/latest"), TagDir)
+    first = store.calls.index(("tags", "library/hello"))
+    assert first < store.calls.index(("document", "library/hello", "latest"))
+    # Not a cached tag, but a cached nested repository: no manifest is asked for it.
+    assert isinstance(await view.walk("library/hello/sub"), RepoDir)
+    assert ("document", "library/hello", "sub") not in store.calls
+
+
+async def test_a_moved_tag_is_a_new_directory(cache: BlockCache) -> None:
+    store = hello_store()
+    view = View(store, cache, tag_ttl=0.0)  # every lookup resolves the tag again
+    old = await view.walk("library/hello/latest")
+    assert isinstance(old, TagDir)
+    old_digest = (await old.image()).doc.digest
+    moved = make_image(b"new layer")
+    store.add("library/hello", "latest", moved)
+    new = await view.walk("library/hello/latest")
+    assert new is not old and new.inode != old.inode  # the kernel's entries under old stay old
+    assert await view.read("library/hello/latest/manifest.json") == moved.manifest.raw
+    same = await view.walk("library/hello/latest")
+    assert same is new  # re-resolved to the same image: the same directory
+    assert (await view.walk(f"library/hello/{old_digest}")).immutable
+
+
+async def test_an_index_shows_the_platform_asked_for(cache: BlockCache) -> None:
+    amd, arm = make_image(b"amd", arch="amd64"), make_image(b"arm", arch="arm64")
+    store = FakeStore(repos=["multi/arch"])
+    store.add("multi/arch", None, amd)
+    store.add("multi/arch", None, arm)
+    index = make_index((amd, "linux/amd64"), (arm, "linux/arm64/v8"))
+    store.add("multi/arch", "1.0", index)
+    view = View(store, cache, platform=mf.Platform("linux", "arm64", "v8"))
+    assert await view.names("multi/arch/1.0") == [
+        "config.json",
+        "index.json",
+        "layers",
+        "manifest.json",
+        "platforms",
+    ]
+    assert await view.read("multi/arch/1.0/index.json") == index.raw
+    assert await view.read("multi/arch/1.0/manifest.json") == arm.manifest.raw
+    assert await view.names("multi/arch/1.0/platforms") == ["linux-amd64", "linux-arm64-v8"]
+    amd_dir = "multi/arch/1.0/platforms/linux-amd64"
+    assert await view.read(f"{amd_dir}/manifest.json") == amd.manifest.raw
+    assert (await view.walk(amd_dir)).immutable
+    other = View(store, cache, platform=mf.Platform("linux", "s390x", ""))
+    assert await other.names("multi/arch/1.0") == ["index.json", "platforms"]
+
+
+async def test_image_views_are_the_builders_passed_in(cache: BlockCache) -> None:
+    seen: list[ResolvedImage] = []
+
+    def extra(image: ResolvedImage) -> list[Node]:
+        seen.append(image)
+        return [BytesFile("extra.txt", image.repo.encode(), image.created)]
+
+    store = hello_store()
+    assert await View(store, cache).names("library/hello/latest") == [
+        "config.json",
+        "layers",
+        "manifest.json",
+    ]
+    view = View(store, cache, image_views=[extra])
+    assert "extra.txt" in await view.names("library/hello/latest")
+    assert await view.read("library/hello/latest/extra.txt") == b"library/hello"
+    digest = store.documents[("library/hello", "v1")].digest
+    assert "extra.txt" in await view.names(f"library/hello/{digest}")
+    by_tag, by_digest = seen
+    assert (by_tag.name.dirname, by_tag.name.tag) == ("latest", "latest")
+    assert (by_digest.name.dirname, by_digest.name.tag) == (digest, None)
+    assert by_tag.config == store.blobs[by_tag.manifest.config.digest]  # type: ignore[union-attr]
+
+
+async def test_the_control_directory_is_at_the_root(cache: BlockCache) -> None:
+    view = View(hello_store(), cache)
+    assert await view.walk(".regfs") is view.control
+    assert isinstance(view.control, Dir)
+
+
+# -- the real store's fallbacks, seen through the views ----------------------------------
+
+
+async def test_mirror_fallback_through_the_store(cache: BlockCache) -> None:
+    image = make_image()
+    registry = FakeClient("registry.example", failure=TransientError("connection refused"))
+    empty_mirror = FakeClient("empty-mirror.example")  # 404 for everything
+    mirror = FakeClient("mirror.example", tag_lists={"library/hello": ["latest"]})
+    mirror.documents[("library/hello", "latest")] = image.manifest
+    store = RegistryStore(registry, mirrors=[empty_mirror, mirror])  # type: ignore[arg-type, list-item]
+    view = View(store, cache)
+    assert await view.names("library/hello") == ["latest"]
+    latest = await view.walk("library/hello/latest")
+    assert isinstance(latest, TagDir)
+    assert (await latest.image()).doc.digest == image.digest
+    assert ("manifest", "library/hello", "latest") in empty_mirror.calls
+    assert ("manifest", "library/hello", "latest") not in registry.calls  # the mirror answered
+    # Nobody has it: the registry out of reach does not hide the mirrors' 404.
+    with pytest.raises(NotFoundError):
+        await store.document("library/hello", "gone")
+    assert isinstance(await view.walk("library/hello/gone"), RepoDir)  # not a tag, then
