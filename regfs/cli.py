@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from . import cachectl, prefetch
+from . import cachectl, prefetch, status
 from .dirs import default_cache_dir
 from .errors import RegfsError
 from .mount import MountConfig, run, unmount
@@ -339,82 +338,6 @@ def helper_args(argv: list[str]) -> list[str]:
     return [*args, mountpoint]
 
 
-# -- status --------------------------------------------------------------------------------
-
-
-def regfs_mount_at(path: Path) -> bool:
-    target = os.path.realpath(path)
-    with open("/proc/self/mounts") as mounts:
-        for line in mounts:
-            fields = line.split()
-            where = fields[1].encode().decode("unicode_escape") if len(fields) > 2 else ""
-            if where == target and fields[2] == "fuse.regfs":
-                return True
-    return False
-
-
-def render_status(mountpoint: Path, doc: dict[str, object]) -> str:
-    def get(*keys: str) -> object:
-        value: object = doc
-        for key in keys:
-            value = value.get(key) if isinstance(value, dict) else None
-        return value
-
-    def num(value: object) -> int:
-        return value if isinstance(value, int) else 0
-
-    mirrors = get("mirrors")
-    mirror_text = ", ".join(map(str, mirrors)) if isinstance(mirrors, list) else ""
-    lines = [
-        f"mount      {mountpoint}",
-        f"registry   {get('registry')}"
-        + (" (offline)" if get("offline") else "")
-        + (f"  mirrors: {mirror_text}" if mirror_text else ""),
-        f"uptime     {get('uptime_seconds')} s",
-        f"requests   {num(get('requests'))}   retries {num(get('retries'))}   "
-        f"in-flight block fetches {num(get('in_flight_blocks'))}",
-        "",
-        f"{'cache':<10} {'hits':>10} {'misses':>10}",
-    ]
-    for tier in ("memory", "disk"):
-        lines.append(
-            f"  {tier:<8} {num(get('cache', 'tiers', tier, 'hits')):>10} "
-            f"{num(get('cache', 'tiers', tier, 'misses')):>10}"
-        )
-    lines.append(f"  memory held: {cachectl.human(num(get('cache', 'memory_bytes')))}")
-    lines.append(
-        f"blobs      verified {num(get('blobs', 'verified'))}   failed "
-        f"{num(get('blobs', 'failed'))}   purged {num(get('blobs', 'purged'))}"
-    )
-    lines += ["", "bytes fetched by host"]
-    by_host = get("bytes_fetched_by_host")
-    if isinstance(by_host, dict) and by_host:
-        lines += [f"  {h:<40} {cachectl.human(num(n)):>12}" for h, n in sorted(by_host.items())]
-    else:
-        lines.append("  (none)")
-    lines += ["", "errors"]
-    errors = get("errors")
-    if isinstance(errors, dict) and errors:
-        lines += [f"  {kind:<40} {num(n):>12}" for kind, n in sorted(errors.items())]
-    else:
-        lines.append("  (none)")
-    return "\n".join(lines)
-
-
-def status(mountpoint: Path, as_json: bool) -> int:
-    if not regfs_mount_at(mountpoint):
-        print(f"regfs: {mountpoint} is not a regfs mount", file=sys.stderr)
-        return EXIT_FAILURE
-    try:
-        raw = (mountpoint / ".regfs" / "stats.json").read_bytes()
-        doc = json.loads(raw)
-    except (OSError, ValueError) as exc:
-        print(f"regfs: cannot read {mountpoint}/.regfs/stats.json: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    print(raw.decode().rstrip() if as_json else render_status(mountpoint, doc))
-    return 0
-
-
 def cache_command(args: argparse.Namespace) -> int:
     cache_dir = args.cache_dir or default_cache_dir()
     if args.cache_command == "info":
@@ -459,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "prefetch":
             return prefetch.run(args.paths, jobs=args.jobs)
         if args.command == "status":
-            return status(args.mountpoint, args.json)
+            return status.show(args.mountpoint, args.json)
         if args.command == "cache":
             return cache_command(args)
         parser.print_help()

@@ -1,18 +1,22 @@
-"""Where regfs keeps its disk cache and its logs by default (XDG base directories)."""
+"""Where regfs keeps its disk cache and its logs by default.
+
+platformdirs knows each system's convention; on Linux these are the XDG base directories:
+`$XDG_CACHE_HOME/regfs` (`~/.cache/regfs`) and `$XDG_STATE_HOME/regfs` (`~/.local/state/regfs`).
+"""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from platformdirs import user_cache_path, user_state_path
+
+APP = "regfs"
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "regfs"
+    # appauthor=False: no vendor level on Windows (`regfs`, not `regfs\regfs`).
+    return user_cache_path(APP, appauthor=False)
 
 
 def state_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
-        os.path.expanduser("~"), ".local", "state"
-    )
-    return Path(base) / "regfs"
+    return user_state_path(APP, appauthor=False)

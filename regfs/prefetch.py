@@ -23,7 +23,23 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Protocol, TextIO
+
+from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
+from rich.measure import Measurement
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TaskProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Column
+from rich.text import Text
 
 from .cachectl import human
 
@@ -188,69 +204,160 @@ def _rate_eta(done: int, size: int, elapsed: float) -> tuple[str, str]:
     return f"{human(rate)}/s", eta
 
 
-class Display:
-    """A live block of lines on a terminal; plain lines (no control codes) otherwise."""
+def finished_line(item: Item, name: str) -> str:
+    """The line that stays when a file is done: its size, time and rate, or why it failed."""
+    if item.error:
+        return f"FAILED {name}: {item.error}"
+    took = (item.finished or 0.0) - (item.started or 0.0)
+    rate, _ = _rate_eta(item.done, item.size, took)
+    return f"done   {name}  {human(item.size)} in {took:.1f}s ({rate})"
 
-    def __init__(self, out: TextIO, tty: bool, names: dict[int, str]) -> None:
+
+class Display(Protocol):
+    def finished(self, item: Item) -> None: ...
+    def update(self, job: Prefetch, now: float, *, force: bool = False) -> None: ...
+    def close(self) -> None: ...
+
+
+class PlainDisplay:
+    """For a pipe or a log: no control codes, a line per file and the total every 5 s."""
+
+    def __init__(self, out: TextIO, names: dict[int, str]) -> None:
         self.out = out
-        self.tty = tty
         self.names = names
-        self.drawn = 0
-        self.last_plain = 0.0
-
-    def _label(self, item: Item, width: int = 40) -> str:
-        name = self.names[id(item)]
-        return name if len(name) <= width else "…" + name[-(width - 1) :]
-
-    def item_line(self, item: Item, now: float) -> str:
-        elapsed = now - (item.started or now)
-        rate, eta = _rate_eta(item.done, item.size, elapsed)
-        return (
-            f"  {self._label(item):<40} {human(item.done):>10} / {human(item.size):<10} "
-            f"{rate:>12}  ETA {eta}"
-        )
-
-    def total_line(self, job: Prefetch, now: float) -> str:
-        done, total = job.done_bytes, job.total
-        rate, eta = _rate_eta(done, total, now - job.started)
-        files = sum(1 for i in job.items if i.finished is not None)
-        fraction = done / total if total else 1.0
-        bar = "#" * int(fraction * 20)
-        return (
-            f"[{bar:<20}] {fraction * 100:3.0f}%  {human(done)} / {human(total)}  {rate}  "
-            f"ETA {eta}  ({files}/{len(job.items)} files)"
-        )
+        self.last = 0.0
 
     def finished(self, item: Item) -> None:
-        took = (item.finished or 0.0) - (item.started or 0.0)
-        if item.error:
-            line = f"FAILED {self.names[id(item)]}: {item.error}"
-        else:
-            rate, _ = _rate_eta(item.done, item.size, took)
-            line = f"done   {self.names[id(item)]}  {human(item.size)} in {took:.1f}s ({rate})"
-        self._clear()
-        self.out.write(line + "\n")
+        self.out.write(finished_line(item, self.names[id(item)]) + "\n")
 
     def update(self, job: Prefetch, now: float, *, force: bool = False) -> None:
-        if self.tty:
-            self._clear()
-            active = [i for i in job.items if i.started is not None and i.finished is None]
-            lines = [self.item_line(i, now) for i in active] + [self.total_line(job, now)]
-            self.out.write("".join(line[:200] + "\x1b[K\n" for line in lines))
-            self.drawn = len(lines)
-        elif force or now - self.last_plain >= 5.0:
-            self.last_plain = now
-            self.out.write(self.total_line(job, now) + "\n")
+        if force or now - self.last >= 5.0:
+            self.last = now
+            done, total = job.done_bytes, job.total
+            rate, eta = _rate_eta(done, total, now - job.started)
+            files = sum(1 for i in job.items if i.finished is not None)
+            fraction = done / total if total else 1.0
+            bar = "#" * int(fraction * 20)
+            self.out.write(
+                f"[{bar:<20}] {fraction * 100:3.0f}%  {human(done)} / {human(total)}  {rate}  "
+                f"ETA {eta}  ({files}/{len(job.items)} files)\n"
+            )
         self.out.flush()
 
-    def _clear(self) -> None:
-        if self.tty and self.drawn:
-            self.out.write(f"\x1b[{self.drawn}F\x1b[J")
-            self.drawn = 0
+    def close(self) -> None:
+        self.out.flush()
+
+
+class _Tail:
+    """A name cut from the left to the width the table gives it, so it never wraps the
+    terminal: the end of a path (the digest, the file name) says more than its start."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        return Measurement(min(len(self.text), 16), len(self.text))
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        width = max(1, options.max_width)
+        text = (
+            self.text if len(self.text) <= width else "…" + self.text[len(self.text) - width + 1 :]
+        )
+        yield Text(text, no_wrap=True, overflow="crop")
+
+
+class _NameColumn(ProgressColumn):
+    def render(self, task: Task) -> RenderableType:
+        if task.fields.get("path"):
+            return _Tail(task.description)
+        return Text(task.description, no_wrap=True, overflow="ellipsis")
+
+
+class _SpeedColumn(ProgressColumn):
+    """rich's recent-rate estimate in the binary units the rest of regfs prints."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("?/s" if speed is None else f"{human(speed)}/s", style="progress.data.speed")
+
+
+class LiveDisplay:
+    """On a terminal: rich redraws the total and a bar per file being read in place;
+    finished files print above it. The caller's clock drives it (`now`), not rich's."""
+
+    def __init__(self, out: TextIO, names: dict[int, str]) -> None:
+        self.names = names
+        self.now = time.monotonic()
+        self.progress = Progress(
+            # The one column rich may narrow (wrappable) when the line is too long; _Tail
+            # then cuts the name instead of wrapping it.
+            _NameColumn(table_column=Column(no_wrap=False)),
+            BarColumn(bar_width=20),
+            TaskProgressColumn(),
+            DownloadColumn(binary_units=True),
+            _SpeedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(compact=True),
+            console=Console(file=out, force_terminal=True, highlight=False),
+            auto_refresh=False,  # update() refreshes: one clock, no drawing thread
+            get_time=lambda: self.now,
+        )
+        self.total = self.progress.add_task("total", total=0)
+        self.tasks: dict[int, TaskID] = {}
+        self.started = False
+
+    def finished(self, item: Item) -> None:
+        self.progress.console.print(
+            finished_line(item, self.names[id(item)]), markup=False, soft_wrap=True
+        )
+        task = self.tasks.pop(id(item), None)
+        if task is not None:
+            self.progress.remove_task(task)
+
+    def update(self, job: Prefetch, now: float, *, force: bool = False) -> None:
+        self.now = now
+        files = sum(1 for i in job.items if i.finished is not None)
+        self.progress.update(
+            self.total,
+            total=job.total,
+            completed=job.done_bytes,
+            description=f"total ({files}/{len(job.items)} files)",
+        )
+        for item in job.items:
+            if item.started is None or item.finished is not None:
+                continue
+            task = self.tasks.get(id(item))
+            if task is None:
+                task = self.tasks[id(item)] = self.progress.add_task(
+                    self.names[id(item)], total=item.size, path=True
+                )
+            self.progress.update(task, completed=item.done)
+        if not self.started:  # the first frame has the totals in it
+            self.started = True
+            self.progress.start()
+        self.progress.refresh()
+
+    def close(self) -> None:
+        self.progress.stop()  # leaves the last frame on screen; a second call does nothing
 
 
 def display_names(items: Iterable[Item]) -> dict[int, str]:
     return {id(i): str(i.path) for i in items}
+
+
+def _follow(job: Prefetch, display: Display, poll: float) -> None:
+    """Start the readers and show each file as it finishes until all have."""
+    reported: set[int] = set()
+    job.start()
+    remaining = len(job.items)
+    while remaining:
+        if job.finished.acquire(timeout=poll):
+            remaining -= 1
+        for item in job.items:
+            if item.finished is not None and id(item) not in reported:
+                reported.add(id(item))
+                display.finished(item)
+        display.update(job, time.monotonic())
 
 
 def run(
@@ -269,31 +376,25 @@ def run(
     for path, why in work.errors:
         err.write(f"regfs prefetch: {path}: {why}\n")
     job = Prefetch(work.items, jobs)
-    display = Display(out, tty, display_names(work.items))
-    reported: set[int] = set()
+    names = display_names(work.items)
+    display: Display = LiveDisplay(out, names) if tty else PlainDisplay(out, names)
+    interrupted = False
     try:
-        job.start()
-        remaining = len(work.items)
-        while remaining:
-            if job.finished.acquire(timeout=0.25 if tty else 1.0):
-                remaining -= 1
-            now = time.monotonic()
-            for item in work.items:
-                if item.finished is not None and id(item) not in reported:
-                    reported.add(id(item))
-                    display.finished(item)
-            display.update(job, now)
+        _follow(job, display, poll=0.25 if tty else 1.0)
     except KeyboardInterrupt:
         job.stop.set()
-        display.update(job, time.monotonic(), force=True)
+        interrupted = True
+    finally:  # the live display ends before any other line is written
+        now = time.monotonic()
+        display.update(job, now, force=True)
+        display.close()
+    if interrupted:
         out.write(
             f"interrupted: {human(job.done_bytes)} read stays in the cache; "
             "run the same command again to go on\n"
         )
         out.flush()
         return EXIT_INTERRUPTED
-    now = time.monotonic()
-    display.update(job, now, force=True)
     failed = [i for i in work.items if i.error]
     for item in failed:
         err.write(f"regfs prefetch: {item.path}: {item.error}\n")

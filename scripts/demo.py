@@ -10,8 +10,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from tests.fixtures.cdn import CDNServer
 from tests.fixtures.mounting import force_unmount
 from tests.fixtures.registry import start_registry

@@ -1,7 +1,13 @@
-"""Session-wide servers on 127.0.0.1 for the integration tests.
+"""Session-wide servers on 127.0.0.1 for the integration tests, and the test levels.
 
-These are plain sync fixtures (pytest-trio's trio_mode only affects async ones): each
-server is started once per session, seeded, and stopped at the end.
+The servers are plain sync fixtures (pytest-trio's trio_mode only affects async ones): each
+is started once per session, seeded, and stopped at the end.
+
+Levels, for `pytest -m`: an unmarked test needs no server and no mount (the unit tests);
+`registry` needs real servers or peers, `mount` a real FUSE mount. A test that uses a
+server fixture below is marked `registry` here; a module or test that starts servers
+itself, or mounts, says so with `pytestmark` or a decorator. An unmarked test that mounts
+fails, so `-m "not mount"` stays a run without FUSE.
 """
 
 from __future__ import annotations
@@ -10,11 +16,37 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.fixtures import mounting
 from tests.fixtures.cdn import CDNServer
 from tests.fixtures.images import PushedImage
 from tests.fixtures.registry import RegistryServer, start_registry
 from tests.fixtures.seed import ALICE, SEEDER, Seeded, seed_hello, seed_registry
 from tests.fixtures.token_issuer import TokenIssuer
+
+# Using any of these (directly or through another fixture) makes a test `registry`.
+SERVER_FIXTURES = {
+    "cdn",
+    "token_issuer",
+    "_seeded_registry",
+    "_htpasswd_registry",
+    "_token_registry",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.registry)
+
+
+@pytest.fixture(autouse=True)
+def _mount_only_if_marked(request: pytest.FixtureRequest) -> Iterator[None]:
+    if request.node.get_closest_marker("mount") is None:
+        mounting.refuse_mounts = f"{request.node.nodeid} mounts: mark it @pytest.mark.mount"
+    try:
+        yield
+    finally:
+        mounting.refuse_mounts = None
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,8 @@ from tests.fixtures.mounting import Mount, mounted
 from tests.fixtures.registry import RegistryServer
 from tests.fixtures.seed import HELLO_SCRIPT, Seeded
 
+pytestmark = [pytest.mark.mount, pytest.mark.registry]
+
 TIMEOUT = 300
 
 

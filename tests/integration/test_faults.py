@@ -43,6 +43,8 @@ from tests.fixtures.registry import RegistryServer
 from tests.fixtures.seed import ALICE, Seeded
 from tests.fixtures.token_issuer import TokenIssuer
 
+pytestmark = pytest.mark.registry  # the mounting tests are marked one by one
+
 BLOCK = 256 * 1024
 FAST_RETRY = RetryPolicy(attempts=5, base_delay=0.01, max_delay=1.0)
 
@@ -154,6 +156,7 @@ async def test_cut_through_the_block_cache_resumes_inside_the_block(
     assert ranges[1] == f"bytes={cut}-{8 * BLOCK - 1}"
 
 
+@pytest.mark.mount
 def test_cut_connection_through_the_mount_gives_the_right_sha256(
     tmp_path: Path, proxy: FaultProxy, seeded: Seeded
 ) -> None:
@@ -184,6 +187,7 @@ async def test_no_progress_forever_fails_instead_of_hanging(
     assert len(proxy.ranges(blob_path(layer))) == FAST_RETRY.attempts
 
 
+@pytest.mark.mount
 def test_no_progress_forever_is_eio_through_the_mount(
     tmp_path: Path, proxy: FaultProxy, seeded: Seeded
 ) -> None:
@@ -287,6 +291,7 @@ async def test_wrong_bytes_are_never_verified_and_are_purged(
     assert cache.stats.failed >= 2
 
 
+@pytest.mark.mount
 def test_wrong_bytes_whole_file_read_is_eio_through_the_mount(
     tmp_path: Path, proxy: FaultProxy, seeded: Seeded
 ) -> None:
@@ -368,6 +373,7 @@ async def test_404_is_not_found_at_once(proxy: FaultProxy, seeded: Seeded) -> No
 # -- a 1 byte/s drip, a stalled socket, a black-holed connect -----------------------------
 
 
+@pytest.mark.mount
 @pytest.mark.parametrize("how", ["drip", "stall"])
 def test_stuck_read_is_bounded_and_the_mount_answers_meanwhile(
     tmp_path: Path, proxy: FaultProxy, seeded: Seeded, how: str
@@ -551,6 +557,7 @@ def _both_manifests_and_layers(seeded: Seeded) -> bytes:
     return json.dumps(doc).encode()
 
 
+@pytest.mark.mount
 @pytest.mark.parametrize("case", ["both", "contradicting type", "digest mismatch"])
 def test_bad_documents_never_reach_the_tree(
     tmp_path: Path, proxy: FaultProxy, seeded: Seeded, case: str

@@ -29,6 +29,8 @@ from tests.fixtures.schema1 import schema1_payload
 from tests.fixtures.seed import ALICE, SEEDED_REFERENCES, Seeded, hello_layers
 from tests.fixtures.token_issuer import TokenIssuer
 
+pytestmark = pytest.mark.registry
+
 
 def _split(reference: str) -> tuple[str, str]:
     repo, _, tag = reference.rpartition(":")

@@ -23,6 +23,8 @@ from tests.fixtures.registry import RegistryServer
 from tests.fixtures.seed import ALICE, Seeded
 from tests.fixtures.token_issuer import TokenIssuer
 
+pytestmark = [pytest.mark.mount, pytest.mark.registry]
+
 TTL_REPO = "mounttest/ttl"
 
 

@@ -6,10 +6,14 @@ import hashlib
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.fixtures.cdn import CDNServer
 from tests.fixtures.mounting import mounted
 from tests.fixtures.registry import RegistryServer
 from tests.fixtures.seed import Seeded
+
+pytestmark = [pytest.mark.mount, pytest.mark.registry]
 
 
 def test_every_layer_of_hello_reads_back_with_its_digest(

@@ -22,6 +22,8 @@ from tests.fixtures.mounting import REGFS, force_unmount, is_mounted, mounted, r
 from tests.fixtures.registry import RegistryServer, start_registry
 from tests.fixtures.seed import Seeded, seed_hello
 
+pytestmark = [pytest.mark.mount, pytest.mark.registry]
+
 HELPER_LINK = Path("/usr/sbin/mount.fuse.regfs")
 
 

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from regfs import cachectl
 from regfs.cache import disk as disk_tier
 from regfs.cache.disk import DiskCache
 from regfs.cli import build_parser, helper_args, is_helper_form
-from regfs.prefetch import Display, Item, Prefetch, display_names, plan
+from regfs.prefetch import Item, LiveDisplay, PlainDisplay, Prefetch, display_names, plan
+from regfs.status import render_status
 
 DIGEST_A = "sha256:" + "a" * 64
 DIGEST_B = "sha256:" + "b" * 64
@@ -81,21 +84,77 @@ def test_display_redraws_on_a_terminal_and_writes_plain_lines_otherwise() -> Non
     job = Prefetch(items, 1)
     job.started = 0.0
     tty_out = io.StringIO()
-    tty = Display(tty_out, True, display_names(items))
+    tty = LiveDisplay(tty_out, display_names(items))
     tty.update(job, 2.0)
     tty.update(job, 3.0)
+    tty.close()
     text = tty_out.getvalue()
-    assert "\x1b[2F" in text  # the second frame went back over the first
+    assert "\x1b[1A" in text  # the second frame went back over the first (cursor up)
     assert "/m/a.tar.gz" in text and "ETA" in text and "/s" in text
 
     plain_out = io.StringIO()
-    plain = Display(plain_out, False, display_names(items))
+    plain = PlainDisplay(plain_out, display_names(items))
     plain.update(job, 10.0)
     items[0].done, items[0].finished = items[0].size, 11.0
     plain.finished(items[0])
     text = plain_out.getvalue()
     assert "\x1b" not in text
     assert "25%" in text and "done   /m/a.tar.gz" in text
+
+
+def _visible_lines(text: str) -> list[str]:
+    """What a terminal shows of each line written: control sequences taken out."""
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text.replace("\r", "\n"))
+    return [line for line in plain.split("\n") if line.strip()]
+
+
+def test_live_display_cuts_long_names_instead_of_wrapping(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("COLUMNS", "70")
+    long_name = f"/mnt/{'deeply/nested/' * 5}layers/{DIGEST_A}.tar.gz"
+    items = [Item(Path(long_name), 100 << 20, done=3 << 20, started=0.0)]
+    job = Prefetch(items, 1)
+    job.started = 0.0
+    out = io.StringIO()
+    display = LiveDisplay(out, display_names(items))
+    display.update(job, 1.0)
+    display.update(job, 2.0)
+    display.close()
+    lines = _visible_lines(out.getvalue())
+    assert lines and all(len(line) <= 70 for line in lines)
+    assert any("…" in line and f"{DIGEST_A[-8:]}.tar.gz" in line for line in lines)
+
+
+def test_status_tables_hold_every_count_and_fit_the_width() -> None:
+    doc: dict[str, object] = {
+        "registry": "http://127.0.0.1:5000",
+        "offline": True,
+        "mirrors": ["http://[::1]:5001"],
+        "uptime_seconds": 12.5,
+        "requests": 10,
+        "retries": 2,
+        "in_flight_blocks": 1,
+        "cache": {
+            "memory_bytes": 1 << 20,
+            "tiers": {"memory": {"hits": 5, "misses": 3}, "disk": {"hits": 1, "misses": 2}},
+        },
+        "blobs": {"verified": 4, "failed": 0, "purged": 1},
+        "bytes_fetched_by_host": {"cdn-" + "x" * 80 + ".example": 1 << 30},
+        "errors": {},
+    }
+    out = io.StringIO()
+    Console(file=out, width=60).print(render_status(Path("/mnt/[x]"), doc))
+    text = out.getvalue()
+    assert "\x1b" not in text  # not a terminal: no colour, no control codes
+    assert all(len(line) <= 60 for line in text.splitlines())
+    assert "/mnt/[x]" in text and "http://[::1]:5001" in text  # not taken for markup
+    assert "http://127.0.0.1:5000 (offline)" in text
+    assert "10   retries 2   in-flight block fetches 1" in text
+    assert "verified 4   failed 0   purged 1" in text
+    assert re.search(r"memory +5 +3", text) and re.search(r"disk +1 +2", text)
+    assert "memory held: 1.0 MiB" in text and "1.0 GiB" in text
+    assert "(none)" in text  # no errors
 
 
 def test_cache_clear_and_prune(tmp_path: Path) -> None:

@@ -1,0 +1,115 @@
+"""`regfs status MOUNTPOINT`: what a mount has been doing, from its .regfs/stats.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from rich import box
+from rich.console import Console, Group
+from rich.table import Column, Table
+from rich.text import Text
+
+from . import cachectl
+
+EXIT_OK, EXIT_FAILURE = 0, 1
+
+
+def regfs_mount_at(path: Path) -> bool:
+    target = os.path.realpath(path)
+    with open("/proc/self/mounts") as mounts:
+        for line in mounts:
+            fields = line.split()
+            where = fields[1].encode().decode("unicode_escape") if len(fields) > 2 else ""
+            if where == target and fields[2] == "fuse.regfs":
+                return True
+    return False
+
+
+def render_status(mountpoint: Path, doc: dict[str, object]) -> Group:
+    """The stats document as rich tables: they fit the terminal's width, and print as plain
+    text without colour when the output is not a terminal."""
+
+    def get(*keys: str) -> object:
+        value: object = doc
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        return value
+
+    def num(value: object) -> int:
+        return value if isinstance(value, int) else 0
+
+    # Text(...), not str: a path or host holding "[" must not be read as rich markup.
+    summary = Table.grid(padding=(0, 3))
+    summary.add_column(no_wrap=True)
+    summary.add_column(overflow="fold")
+    summary.add_row("mount", Text(str(mountpoint)))
+    summary.add_row(
+        "registry", Text(f"{get('registry')}" + (" (offline)" if get("offline") else ""))
+    )
+    mirrors = get("mirrors")
+    if isinstance(mirrors, list) and mirrors:
+        summary.add_row("mirrors", Text(", ".join(map(str, mirrors))))
+    summary.add_row("uptime", Text(f"{get('uptime_seconds')} s"))
+    summary.add_row(
+        "requests",
+        Text(
+            f"{num(get('requests'))}   retries {num(get('retries'))}   "
+            f"in-flight block fetches {num(get('in_flight_blocks'))}"
+        ),
+    )
+    summary.add_row(
+        "blobs",
+        Text("   ".join(f"{n} {num(get('blobs', n))}" for n in ("verified", "failed", "purged"))),
+    )
+
+    def table(title: str, *columns: str) -> Table:
+        return Table(
+            Column(title, overflow="fold"),
+            *(Column(c, justify="right", no_wrap=True) for c in columns),
+            box=box.SIMPLE_HEAD,
+            show_edge=False,
+        )
+
+    cache = table("cache", "hits", "misses")
+    for tier in ("memory", "disk"):
+        cache.add_row(
+            tier,
+            str(num(get("cache", "tiers", tier, "hits"))),
+            str(num(get("cache", "tiers", tier, "misses"))),
+        )
+    cache.caption = f"memory held: {cachectl.human(num(get('cache', 'memory_bytes')))}"
+    cache.caption_justify = "left"
+
+    hosts = table("bytes fetched by host", "bytes")
+    by_host = get("bytes_fetched_by_host")
+    for host, n in sorted(by_host.items()) if isinstance(by_host, dict) else ():
+        hosts.add_row(Text(str(host)), cachectl.human(num(n)))
+    errors = table("errors", "count")
+    error_counts = get("errors")
+    for kind, n in sorted(error_counts.items()) if isinstance(error_counts, dict) else ():
+        errors.add_row(Text(str(kind)), str(num(n)))
+    for empty in (hosts, errors):
+        if not empty.row_count:
+            empty.add_row("(none)", "")
+    return Group(summary, "", cache, "", hosts, "", errors)
+
+
+def show(mountpoint: Path, as_json: bool) -> int:
+    """Print the mount's statistics (as tables, or the JSON as served); 1 if it is not one."""
+    if not regfs_mount_at(mountpoint):
+        print(f"regfs: {mountpoint} is not a regfs mount", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        raw = (mountpoint / ".regfs" / "stats.json").read_bytes()
+        doc = json.loads(raw)
+    except (OSError, ValueError) as exc:
+        print(f"regfs: cannot read {mountpoint}/.regfs/stats.json: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    if as_json:
+        print(raw.decode().rstrip())
+    else:
+        Console(highlight=False).print(render_status(mountpoint, doc))
+    return EXIT_OK
