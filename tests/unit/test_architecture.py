@@ -29,6 +29,7 @@ LAYERS: dict[str, int] = {
     "dirs": 0,
     "cachectl": 7,
     "prefetch": 7,
+    "status": 7,
     "cli": 8,
     "__init__": 0,
     "__main__": 8,
