@@ -18,8 +18,9 @@ from collections.abc import Sequence
 import trio
 
 from .cache import BlobRef, DiskCache
-from .errors import OfflineError, RegfsError, TransientError
+from .errors import AuthError, NotFoundError, OfflineError, RegfsError, TransientError
 from .oci import manifest as mf
+from .oci import referrers as oci_referrers
 from .oci.reference import is_digest, registry_key
 from .registry.blobs import BlobSource, ForeignURLPolicy
 from .registry.client import RegistryClient
@@ -122,3 +123,35 @@ class RegistryStore:
 
     def _cached_tag(self, repo: str, tag: str) -> str | None:
         return None if self.disk is None else self.disk.get_tag(self.key, repo, tag)
+
+    # -- referrers: signatures, SBOMs, attestations ------------------------------------------
+
+    async def referrers(self, repo: str, digest: str) -> list[mf.Descriptor]:
+        """What refers to the manifest `digest`, each digest once: the referrers API's list,
+        or where the registry has none (and offline) the fallback tag's index; then cosign's
+        `.sig`/`.att`/`.sbom` tags. Those tags are looked for in the tag list (one request,
+        no manifest request for a tag that is not there); where the list is refused, each
+        is asked for."""
+        listed = None if self.offline else await self.client.referrers(repo, digest)
+        fallback = oci_referrers.fallback_tag(digest)
+        wanted = ([] if listed is not None else [fallback]) + oci_referrers.cosign_tags(digest)
+        by_tag: list[mf.Descriptor] = []
+        for tag in await self._present_tags(repo, wanted):
+            try:
+                doc = await self.document(repo, tag)
+            except (NotFoundError, OfflineError):
+                continue
+            if tag != fallback:
+                by_tag.append(oci_referrers.tag_descriptor(doc, tag))
+            elif isinstance(doc, mf.Index):
+                listed = list(doc.manifests)
+            else:
+                log.info("%s:%s is not an index: no referrers there", repo, tag)
+        return oci_referrers.merged(listed or [], by_tag)
+
+    async def _present_tags(self, repo: str, wanted: list[str]) -> list[str]:
+        try:
+            present = set(await self.tags(repo))
+        except (NotFoundError, AuthError):
+            return wanted  # no list to look in: ask for each
+        return [tag for tag in wanted if tag in present]

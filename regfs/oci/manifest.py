@@ -10,6 +10,7 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,16 +45,57 @@ ACCEPT = ", ".join(
     [*INDEX_TYPES, OCI_MANIFEST, DOCKER_MANIFEST, DOCKER_SCHEMA1_SIGNED, DOCKER_SCHEMA1]
 )
 
+# What makes a manifest an image: its config is one of these and its layers are tars.
+IMAGE_CONFIG_TYPES = (DOCKER_CONFIG, OCI_CONFIG)
+OCI_EMPTY = "application/vnd.oci.empty.v1+json"  # the `{}` config of OCI 1.1 artifacts
+
+# How buildx attaches attestations to an index's images: entries annotated with these.
+REFERENCE_TYPE = "vnd.docker.reference.type"
+REFERENCE_DIGEST = "vnd.docker.reference.digest"
+CREATED_ANNOTATION = "org.opencontainers.image.created"
+
 MAX_MANIFEST_BYTES = 4 << 20
 
+# A tar, perhaps compressed, at the end of a media type: `….tar`, `….tar+gzip`,
+# `….tar.gzip` (Docker), `….tar+zstd`, `application/x-tar`.
+_TAR_TYPE = re.compile(r"[./+-]tar(?:[.+](gzip|gz|zstd|zst))?$")
+_TAR_EXTENSION = {
+    None: "tar",
+    "gzip": "tar.gz",
+    "gz": "tar.gz",
+    "zstd": "tar.zst",
+    "zst": "tar.zst",
+}
 
-def layer_extension(media_type: str) -> str:
-    """File extension of a layer blob: tar.gz, tar.zst or tar."""
-    if media_type.endswith("+zstd") or media_type.endswith(".zstd"):
-        return "tar.zst"
-    if media_type in (OCI_LAYER_TAR, OCI_NONDIST_TAR) or media_type.endswith(".tar"):
-        return "tar"
-    return "tar.gz"
+
+def blob_extension(media_type: str) -> str:
+    """A blob file's extension by its media type: tar, tar.gz or tar.zst for tars, json for
+    JSON (`application/json`, `…+json`), "" (the bare digest) for anything else."""
+    essence = media_type.split(";")[0].strip().lower()
+    tar = _TAR_TYPE.search(essence)
+    if tar is not None:
+        return _TAR_EXTENSION[tar.group(1)]
+    if essence == "application/json" or essence.endswith("+json"):
+        return "json"
+    return ""
+
+
+def blob_filename(descriptor: Descriptor) -> str:
+    """`<digest>.<ext>`, or the bare digest when the media type says no extension."""
+    extension = blob_extension(descriptor.media_type)
+    return f"{descriptor.digest}.{extension}" if extension else descriptor.digest
+
+
+def config_filename(media_type: str) -> str:
+    """config.json for a JSON config (every image's); `config[.<ext>]` for other artifacts'."""
+    extension = blob_extension(media_type)
+    return f"config.{extension}" if extension else "config"
+
+
+def is_layer_type(media_type: str) -> bool:
+    """Whether a layer descriptor's media type is a filesystem layer (a tar). An absent
+    media type is given the benefit of the doubt."""
+    return not media_type or blob_extension(media_type).startswith("tar")
 
 
 def sha256_digest(data: bytes) -> str:
@@ -77,9 +119,16 @@ class Platform:
         return "-".join(p for p in (self.os, self.architecture, self.variant) if p)
 
     def matches(self, want: Platform) -> bool:
+        """Whether this entry is what `want` asks for: a wanted variant must match, and a
+        wanted os.version (`10.0.20348`) matches that version or any build of it."""
         if (self.os, self.architecture) != (want.os, want.architecture):
             return False
-        return not want.variant or _variant(self) == _variant(want)
+        if want.variant and _variant(self) != _variant(want):
+            return False
+        version = want.os_version
+        return (
+            not version or self.os_version == version or self.os_version.startswith(f"{version}.")
+        )
 
 
 def _variant(platform: Platform) -> str:
@@ -97,10 +146,16 @@ class Descriptor:
     urls: tuple[str, ...] = ()
     platform: Platform | None = None
     annotations: Mapping[str, str] = field(default_factory=dict)
+    artifact_type: str = ""  # OCI 1.1: in an index or a referrers list
 
     @property
     def is_foreign(self) -> bool:
         return "foreign" in self.media_type or "nondistributable" in self.media_type
+
+    @property
+    def is_attestation(self) -> bool:
+        """An index entry that buildx attached to another entry (provenance, SBOM)."""
+        return REFERENCE_TYPE in self.annotations
 
 
 @dataclass(frozen=True)
@@ -111,6 +166,23 @@ class Manifest:
     config: Descriptor | None  # None for schema 1
     layers: tuple[Descriptor, ...]
     schema1_config: bytes | None = None  # v1Compatibility of the top layer, for schema 1
+    artifact_type: str = ""
+    subject: Descriptor | None = None  # OCI 1.1: the manifest this one refers to
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def is_image(self) -> bool:
+        """A runnable image, not an artifact: schema 1, or an image config, no artifactType,
+        and tar layers. Cosign signatures and buildx attestations use the image config's
+        media type with JSON layers; Helm charts, SBOMs and the like have their own config
+        type or an artifactType."""
+        if self.config is None:
+            return True
+        return (
+            not self.artifact_type
+            and self.config.media_type in IMAGE_CONFIG_TYPES
+            and all(is_layer_type(d.media_type) for d in self.layers)
+        )
 
 
 @dataclass(frozen=True)
@@ -119,6 +191,9 @@ class Index:
     raw: bytes
     digest: str
     manifests: tuple[Descriptor, ...]
+    artifact_type: str = ""
+    subject: Descriptor | None = None
+    annotations: Mapping[str, str] = field(default_factory=dict)
 
 
 Document = Manifest | Index
@@ -151,11 +226,36 @@ def _descriptor(value: Any, what: str) -> Descriptor:
         if not isinstance(os_name, str) or not isinstance(arch, str):
             raise ManifestError(f"{what}: invalid platform")
         platform = Platform(os_name, arch, str(p.get("variant", "")), str(p.get("os.version", "")))
+    return Descriptor(
+        media_type,
+        digest,
+        size,
+        tuple(urls),
+        platform,
+        _annotations(obj, what),
+        _artifact_type(obj, what),
+    )
+
+
+def _annotations(obj: Mapping[str, Any], what: str) -> dict[str, str]:
     annotations = obj.get("annotations")
     annotations = {} if annotations is None else annotations
     if not isinstance(annotations, dict):
         raise ManifestError(f"{what}: invalid annotations")
-    return Descriptor(media_type, digest, size, tuple(urls), platform, annotations)
+    return annotations
+
+
+def _artifact_type(obj: Mapping[str, Any], what: str) -> str:
+    artifact_type = obj.get("artifactType")
+    if artifact_type is None:
+        return ""
+    if not isinstance(artifact_type, str):
+        raise ManifestError(f"{what}: invalid artifactType")
+    return artifact_type
+
+
+def _subject(obj: Mapping[str, Any]) -> Descriptor | None:
+    return None if obj.get("subject") is None else _descriptor(obj["subject"], "subject")
 
 
 def _b64url(text: str) -> bytes:
@@ -238,7 +338,15 @@ def parse_document(raw: bytes, content_type: str = "", digest: str | None = None
         if not isinstance(entries, list):
             raise ManifestError("manifests is not a list")
         manifests = tuple(_descriptor(m, f"manifests[{i}]") for i, m in enumerate(entries))
-        return Index(media_type, raw, digest, manifests)
+        return Index(
+            media_type,
+            raw,
+            digest,
+            manifests,
+            _artifact_type(doc, "index"),
+            _subject(doc),
+            _annotations(doc, "index"),
+        )
     if media_type in (OCI_MANIFEST, DOCKER_MANIFEST):
         if "layers" not in doc or "config" not in doc:
             raise ManifestError(f"{media_type} without config or layers")
@@ -252,6 +360,9 @@ def parse_document(raw: bytes, content_type: str = "", digest: str | None = None
             digest,
             config,
             tuple(_descriptor(x, f"layers[{i}]") for i, x in enumerate(layers)),
+            artifact_type=_artifact_type(doc, "manifest"),
+            subject=_subject(doc),
+            annotations=_annotations(doc, "manifest"),
         )
     if media_type in (DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED):
         return _schema1(doc, raw, digest, media_type)

@@ -398,6 +398,49 @@ class RegistryClient:
         finally:
             await response.aclose()
 
+    async def referrers(self, repo: str, digest: str) -> list[mf.Descriptor] | None:
+        """The OCI 1.1 referrers of a manifest, unfiltered, every page of
+        `GET /v2/<repo>/referrers/<digest>`; None where the registry has no referrers API
+        (a registry without one answers 404, the spec says; 400, 405 and 501 are taken the
+        same way), so the caller uses the fallback tag instead."""
+        check_repository(repo)
+        check_digest(digest)
+        what = f"referrers of {repo}@{digest}"
+        unsupported = {400, 404, 405, 501}
+
+        async def page(path: str, first: bool) -> SmallResponse | None:
+            """One page; None: the first answered that there is no referrers API."""
+            url = self.url(path)
+            headers = {"Accept": mf.OCI_INDEX}
+            response = await self.send(url, scope=pull_scope(repo), headers=headers, what=what)
+            try:
+                if response.status_code >= 400:
+                    refusal = await drain_error(response)
+                    if first and response.status_code in unsupported:
+                        return None
+                    raise status_error(refusal, what, digest=digest)
+                answer = await read_small(response, mf.MAX_MANIFEST_BYTES)
+            finally:
+                await response.aclose()
+            self.stats.bytes_by_host[answer.host] += len(answer.body)
+            return answer
+
+        found: list[mf.Descriptor] = []
+        path: str | None = f"/v2/{repo}/referrers/{digest}"
+        pages = 0
+        while path is not None and pages < MAX_PAGES:
+            pages += 1
+            current, first = path, pages == 1
+            answer = await self.with_retries(what, lambda: page(current, first))  # noqa: B023
+            if answer is None:
+                return None
+            doc = mf.parse_document(answer.body, answer.headers.get("content-type", ""))
+            if not isinstance(doc, mf.Index):
+                raise ManifestError(f"{what}: the answer is not an index")
+            found += doc.manifests
+            path = _next_link(answer.headers.get("link"), self.base)
+        return found
+
 
 def pull_scope(repo: str) -> str:
     return f"repository:{repo}:pull"

@@ -1,8 +1,12 @@
 """Image directories: manifest.json, config.json, layers/, and the views given to the mount.
 
-    <tag or sha256:…>/manifest.json, config.json, layers/<digest>.<ext>, then whatever the
-    image view builders add (image.tar, oci/); for an index: index.json, platforms/<name>/
-    and the entries of the platform asked for.
+    <tag or sha256:…>/manifest.json, config.json, layers/<digest>.<ext> (and <n>.<ext>
+    links in the manifest's order), referrers/, then whatever the image view builders add
+    (image.tar, oci/); for an index: index.json, platforms/<name>/ (runnable images only),
+    referrers/ and the entries of the platform asked for.
+
+An artifact (a Helm chart, an SBOM, a signature: `Manifest.is_image` is false) shows its
+manifest, config and blobs the same way, and nothing the builders make: it is no image.
 
 Builders are passed in where the mount is wired (`ImageViews(builders=…)`), not registered
 by importing them: what an image directory shows is decided in one place.
@@ -22,7 +26,9 @@ import trio
 from ..cache import BlobRef, BlockCache, ReadStream
 from ..oci import manifest as mf
 from ..oci.platform import choose_platform, platform_names
-from ..vfs.nodes import BytesFile, Dir, File, FileHandle, Node, StaticDir
+from ..oci.referrers import attestations_of
+from ..vfs.nodes import Attrs, BytesFile, Dir, File, FileHandle, Kind, Node, StaticDir, Symlink
+from .referrers import MAX_REFERRER_DEPTH, ReferrersDir
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -63,7 +69,15 @@ class BlobHandle:
 def config_created(raw: bytes) -> float:
     """The config's `created` as a timestamp (0 when absent or malformed)."""
     try:
-        created = json.loads(raw).get("created")
+        return parse_created(json.loads(raw).get("created"))
+    except (ValueError, AttributeError):
+        return 0.0
+
+
+def parse_created(created: object) -> float:
+    """An RFC 3339 time (`created`, an artifact's created annotation) as a timestamp, 0 when
+    absent or malformed."""
+    try:
         text = str(created).replace("Z", "+00:00")
         if "." in text:  # Go writes nanoseconds; Python parses at most microseconds
             head, _, tail = text.partition(".")
@@ -100,7 +114,8 @@ class ResolvedImage:
         return self.store.blob(self.repo, descriptor)
 
 
-# A whole-image view beside manifest.json (image.tar, oci/, later rootfs/).
+# A whole-image view beside manifest.json (image.tar, oci/, later rootfs/); called for
+# images only, never for an artifact.
 ImageViewBuilder = Callable[[ResolvedImage], Sequence[Node]]
 
 
@@ -115,45 +130,74 @@ class ImageViews:
         platform: mf.Platform,
         builders: Sequence[ImageViewBuilder] = (),
         started: float = 0.0,
+        referrers_ttl: float = 60.0,
     ) -> None:
         self.store = store
         self.cache = cache
         self.platform = platform  # the entry of an index its directory shows
         self.builders = tuple(builders)
         self.started = started  # the mtime of a directory before its image's is known
+        self.referrers_ttl = referrers_ttl  # referrers/ is listed again after this
 
     def directory(
-        self, name: str, repo: str, doc: mf.Document, *, mutable: bool = False
+        self,
+        name: str,
+        repo: str,
+        doc: mf.Document,
+        *,
+        mutable: bool = False,
+        attached: Sequence[mf.Descriptor] = (),
+        depth: int = 0,
     ) -> ImageDir:
-        return ImageDir(name, self, repo, doc, mutable=mutable)
+        """`attached`: referrers the image's index holds for it (buildx attestations);
+        `depth`: how many referrers/ levels down the directory is."""
+        return ImageDir(name, self, repo, doc, mutable=mutable, attached=attached, depth=depth)
 
     async def image_entries(self, repo: str, image: mf.Manifest, name: ImageName) -> list[Node]:
-        """manifest.json, config.json, layers/ and the builders' views of one image."""
+        """manifest.json, config.json, layers/ and, for an image, the builders' views."""
         store, cache = self.store, self.cache
-        if image.config is not None:
-            config_ref = store.blob(repo, image.config)
-            config = await cache.read_all(config_ref)
+        config = b"{}"
+        if image.config is None:
+            config = image.schema1_config or config
             created = config_created(config)
-            config_node: Node = BlobFile("config.json", cache, config_ref, created)
+            config_node: Node = BytesFile("config.json", config, created)
         else:
-            config = image.schema1_config or b"{}"
-            created = config_created(config)
-            config_node = BytesFile("config.json", config, created)
+            config_ref = store.blob(repo, image.config)
+            if image.is_image:
+                config = await cache.read_all(config_ref)
+                created = config_created(config)
+            else:  # an artifact's config may be anything: not read to make the directory
+                created = parse_created(image.annotations.get(mf.CREATED_ANNOTATION))
+            filename = mf.config_filename(image.config.media_type)
+            config_node = BlobFile(filename, cache, config_ref, created)
         image = await self._with_sizes(repo, image)
-        layer_nodes: dict[str, Node] = {}
-        for d in image.layers:
-            filename = f"{d.digest}.{mf.layer_extension(d.media_type)}"
-            if filename not in layer_nodes:  # schema 1 repeats empty layers
-                layer_nodes[filename] = BlobFile(filename, cache, store.blob(repo, d), created)
         entries: list[Node] = [
             BytesFile("manifest.json", image.raw, created),
             config_node,
-            StaticDir("layers", layer_nodes.values(), created),
+            StaticDir("layers", self._layer_nodes(repo, image, created), created),
         ]
-        resolved = ResolvedImage(store, cache, repo, image, config, created, name)
-        for build in self.builders:
-            entries += build(resolved)
+        if image.is_image:
+            resolved = ResolvedImage(store, cache, repo, image, config, created, name)
+            for build in self.builders:
+                entries += build(resolved)
         return entries
+
+    def _layer_nodes(self, repo: str, image: mf.Manifest, created: float) -> list[Node]:
+        """Each blob under its digest name, and `<n>.<ext>` links to them in the manifest's
+        order (1 is the base layer): the order is visible, and `tar tzf 1.tar.gz` works as
+        typed, where GNU tar takes `sha256:….tar.gz` for a remote host:file."""
+        nodes: dict[str, Node] = {}
+        width = len(str(len(image.layers)))
+        links: list[Node] = []
+        for number, d in enumerate(image.layers, 1):
+            filename = mf.blob_filename(d)
+            if filename not in nodes:  # schema 1 repeats empty layers
+                nodes[filename] = BlobFile(filename, self.cache, self.store.blob(repo, d), created)
+            extension = filename[len(d.digest) :]
+            target = filename.encode()
+            attrs = Attrs(Kind.SYMLINK, 0o777, size=len(target), mtime=created)
+            links.append(Symlink(f"{number:0{width}d}{extension}", target, attrs))
+        return [*nodes.values(), *links]
 
     async def _with_sizes(self, repo: str, image: mf.Manifest) -> mf.Manifest:
         """Schema 1 states no layer sizes: ask the registry (HEAD) for them."""
@@ -170,16 +214,27 @@ class ImageViews:
 
 
 class ImageDir(Dir):
-    """One image (manifest) or index, by tag, digest or platform. Immutable once resolved."""
+    """One image, artifact or index, by tag, digest, platform or as a referrer. Immutable
+    once resolved (its referrers/ is not: referrers come and go)."""
 
     def __init__(
-        self, name: str, views: ImageViews, repo: str, doc: mf.Document, *, mutable: bool = False
+        self,
+        name: str,
+        views: ImageViews,
+        repo: str,
+        doc: mf.Document,
+        *,
+        mutable: bool = False,
+        attached: Sequence[mf.Descriptor] = (),
+        depth: int = 0,
     ) -> None:
         # The mount's start time until the config's `created` is known (on first listing).
         super().__init__(name, views.started, immutable=not mutable)
         self.views = views
         self.repo = repo
         self.doc = doc
+        self.attached = tuple(attached)
+        self.depth = depth
         self.resolved_at = time.monotonic()
         self._entries: dict[str, Node] | None = None
         self._lock = trio.Lock()
@@ -196,18 +251,28 @@ class ImageDir(Dir):
             entries: list[Node] = [
                 BytesFile("index.json", doc.raw),
                 PlatformsDir("platforms", views, self.repo, doc),
+                *self._referrers(attestations_of(doc)),
             ]
             chosen = choose_platform(doc, views.platform)
             if chosen is not None:
                 image = await views.store.document(self.repo, chosen.digest)
-                if isinstance(image, mf.Manifest):
+                if isinstance(image, mf.Manifest) and image.is_image:
                     entries += await views.image_entries(self.repo, image, self.image_name)
             for entry in entries:
                 entry.set_mtime(entry.mtime or self.mtime)
             return entries
         entries = await views.image_entries(self.repo, doc, self.image_name)
         self.set_mtime(max((e.mtime for e in entries), default=0.0) or self.mtime)
-        return entries
+        return entries + self._referrers(self.attached)
+
+    def _referrers(self, attached: Sequence[mf.Descriptor]) -> list[Node]:
+        """referrers/, unless this is a referrer of a referrer of a … (a chain of tags may
+        loop: the depth bounds what `ls -R` walks)."""
+        if self.depth >= MAX_REFERRER_DEPTH:
+            return []
+        referrers = ReferrersDir(self.views, self.repo, self.doc.digest, attached, self.depth)
+        referrers.set_mtime(self.mtime)
+        return [referrers]
 
     @property
     def image_name(self) -> ImageName:
@@ -216,7 +281,8 @@ class ImageDir(Dir):
 
 
 class PlatformsDir(Dir):
-    """platforms/: each entry of an index under its os-arch[-variant] name."""
+    """platforms/: each runnable image of an index under its os-arch[-variant] name (an
+    entry whose manifest turns out to be an artifact is left out)."""
 
     def __init__(self, name: str, views: ImageViews, repo: str, index: mf.Index) -> None:
         super().__init__(name)
@@ -224,15 +290,20 @@ class PlatformsDir(Dir):
         self.repo = repo
         self.index = index
         self._named = dict(platform_names(index))
-        self._nodes: dict[str, Node] = {}
+        self._nodes: dict[str, Node | None] = {}
 
     async def entries(self) -> Mapping[str, Node]:
         found = {name: await self.lookup(name) for name in self._named}
         return {name: node for name, node in found.items() if node is not None}
 
     async def lookup(self, name: str) -> Node | None:
-        node = self._nodes.get(name)
-        if node is None and name in self._named:
-            doc = await self.views.store.document(self.repo, self._named[name].digest)
-            node = self._nodes[name] = self.views.directory(name, self.repo, doc)
+        if name in self._nodes or name not in self._named:
+            return self._nodes.get(name)
+        entry = self._named[name]
+        doc = await self.views.store.document(self.repo, entry.digest)
+        node = None
+        if isinstance(doc, mf.Index) or doc.is_image:
+            attached = attestations_of(self.index, entry.digest)
+            node = self.views.directory(name, self.repo, doc, attached=attached)
+        self._nodes[name] = node
         return node

@@ -42,3 +42,8 @@ class Store(Protocol):
     async def blob_size(self, repo: str, digest: str) -> int:
         """A blob's size, for manifests that do not state it (schema 1)."""
         ...
+
+    async def referrers(self, repo: str, digest: str) -> list[mf.Descriptor]:
+        """Descriptors of the manifests that refer to `digest` (signatures, SBOMs,
+        attestations), from the referrers API, its fallback tag or cosign's tags."""
+        ...

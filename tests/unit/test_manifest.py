@@ -142,7 +142,7 @@ def test_oci_manifest_with_charset_in_content_type() -> None:
     doc = mf.parse_document(raw, mf.OCI_MANIFEST + "; charset=utf-8")
     assert isinstance(doc, mf.Manifest)
     assert doc.media_type == mf.OCI_MANIFEST
-    assert [mf.layer_extension(d.media_type) for d in doc.layers] == ["tar.gz", "tar.zst"]
+    assert [mf.blob_extension(d.media_type) for d in doc.layers] == ["tar.gz", "tar.zst"]
 
 
 @pytest.mark.parametrize("media_type", [mf.DOCKER_MANIFEST_LIST, mf.OCI_INDEX])
@@ -461,8 +461,8 @@ def test_documents_are_frozen() -> None:
         (mf.OCI_NONDIST_TAR, "tar"),
     ],
 )
-def test_layer_extension(media_type: str, ext: str) -> None:
-    assert mf.layer_extension(media_type) == ext
+def test_blob_extension_of_layers(media_type: str, ext: str) -> None:
+    assert mf.blob_extension(media_type) == ext
 
 
 def test_platform_dirname() -> None:
@@ -501,3 +501,125 @@ def test_platform_arm64_without_variant_is_v8() -> None:
 def test_accept_names_every_type() -> None:
     accepted = {t.strip() for t in mf.ACCEPT.split(",")}
     assert accepted == set(mf.MANIFEST_TYPES + mf.INDEX_TYPES)
+
+
+# --------------------------------------------------------------------------------------------
+# blob names by media type; images and artifacts
+
+HELM_CONFIG = "application/vnd.cncf.helm.config.v1+json"
+HELM_CHART = "application/vnd.cncf.helm.chart.content.v1.tar+gzip"
+IN_TOTO = "application/vnd.in-toto+json"
+COSIGN_SIGNATURE = "application/vnd.dev.cosign.simplesigning.v1+json"
+SPDX = "application/spdx+json"
+
+
+@pytest.mark.parametrize(
+    ("media_type", "ext"),
+    [
+        (SPDX, "json"),
+        (IN_TOTO, "json"),
+        (COSIGN_SIGNATURE, "json"),
+        (HELM_CONFIG, "json"),
+        ("application/json", "json"),
+        ("Application/JSON; charset=utf-8", "json"),
+        (mf.OCI_EMPTY, "json"),
+        (HELM_CHART, "tar.gz"),
+        ("application/x-tar", "tar"),
+        ("application/vnd.oci.image.layer.v1.tar+gzip+encrypted", ""),
+        ("application/octet-stream", ""),
+        ("application/vnd.wasm.content.layer.v1+wasm", ""),
+        ("application/vnd.example.tarball", ""),  # "tar" inside a word is no tar
+        ("", ""),
+    ],
+)
+def test_blob_extension_follows_the_media_type(media_type: str, ext: str) -> None:
+    assert mf.blob_extension(media_type) == ext
+
+
+def test_blob_and_config_filenames() -> None:
+    digest = _digest("x")
+    assert mf.blob_filename(mf.Descriptor(SPDX, digest, 1)) == f"{digest}.json"
+    assert mf.blob_filename(mf.Descriptor(mf.OCI_LAYER_ZSTD, digest, 1)) == f"{digest}.tar.zst"
+    assert mf.blob_filename(mf.Descriptor("application/octet-stream", digest, 1)) == digest
+    assert mf.config_filename(mf.DOCKER_CONFIG) == "config.json"
+    assert mf.config_filename(HELM_CONFIG) == "config.json"
+    assert mf.config_filename("application/vnd.example.config.v1.tar") == "config.tar"
+    assert mf.config_filename("application/octet-stream") == "config"
+
+
+def _manifest(config_type: str, *layer_types: str, **extra: Any) -> mf.Manifest:
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": mf.OCI_MANIFEST,
+        "config": _desc(config_type, "config"),
+        "layers": [_desc(t, f"layer{i}") for i, t in enumerate(layer_types)],
+        **extra,
+    }
+    parsed = mf.parse_document(_raw(doc))
+    assert isinstance(parsed, mf.Manifest)
+    return parsed
+
+
+def test_images_are_images() -> None:
+    assert mf.parse_document(_raw(docker_manifest())).is_image  # type: ignore[union-attr]
+    assert _manifest(mf.OCI_CONFIG, mf.OCI_LAYER_GZIP, mf.OCI_NONDIST_ZSTD).is_image
+    assert _manifest(mf.OCI_CONFIG).is_image  # FROM scratch with nothing added
+    assert _manifest(mf.OCI_CONFIG, "").is_image  # no mediaType: benefit of the doubt
+    raw, _ = schema1(signed=False)
+    assert mf.parse_document(raw).is_image  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("manifest", "why"),
+    [
+        (lambda: _manifest(HELM_CONFIG, HELM_CHART), "a Helm chart: its own config type"),
+        (lambda: _manifest(mf.OCI_EMPTY, SPDX, artifactType=SPDX), "an OCI 1.1 SBOM"),
+        (lambda: _manifest(mf.OCI_CONFIG, mf.OCI_LAYER_GZIP, artifactType="x/y"), "artifactType"),
+        (lambda: _manifest(mf.OCI_CONFIG, COSIGN_SIGNATURE), "cosign: image config, JSON layer"),
+        (lambda: _manifest(mf.OCI_CONFIG, IN_TOTO), "a buildx attestation manifest"),
+    ],
+)
+def test_artifacts_are_not_images(manifest: Any, why: str) -> None:
+    assert not manifest().is_image, why
+
+
+def test_artifact_fields_are_parsed() -> None:
+    subject = _desc(mf.OCI_MANIFEST, "subject", 500)
+    doc = _manifest(
+        mf.OCI_EMPTY,
+        SPDX,
+        artifactType=SPDX,
+        subject=subject,
+        annotations={mf.CREATED_ANNOTATION: "2024-05-06T07:08:09Z"},
+    )
+    assert doc.artifact_type == SPDX
+    assert doc.subject == mf.Descriptor(mf.OCI_MANIFEST, subject["digest"], 500)
+    assert doc.annotations[mf.CREATED_ANNOTATION] == "2024-05-06T07:08:09Z"
+    listed = index()
+    listed["artifactType"] = "application/vnd.example"
+    listed["manifests"][0]["artifactType"] = SPDX
+    listed["manifests"][0]["annotations"] = {mf.REFERENCE_TYPE: "attestation-manifest"}
+    parsed = mf.parse_document(_raw(listed))
+    assert isinstance(parsed, mf.Index)
+    assert parsed.artifact_type == "application/vnd.example"
+    assert parsed.manifests[0].artifact_type == SPDX
+    assert parsed.manifests[0].is_attestation and not parsed.manifests[1].is_attestation
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"artifactType": 3}, {"artifactType": ["a"]}, {"subject": "sha256:x"}, {"subject": {}}],
+)
+def test_bad_artifact_fields_rejected(extra: dict[str, Any]) -> None:
+    with pytest.raises(ManifestError):
+        mf.parse_document(_raw({**oci_manifest(), **extra}))
+
+
+def test_platform_matches_an_os_version_and_its_builds() -> None:
+    build = mf.Platform("windows", "amd64", "", "10.0.20348.2402")
+    assert build.matches(mf.Platform("windows", "amd64", "", "10.0.20348"))
+    assert build.matches(mf.Platform("windows", "amd64", "", "10.0.20348.2402"))
+    assert build.matches(mf.Platform("windows", "amd64", "", "10.0"))
+    assert not build.matches(mf.Platform("windows", "amd64", "", "10.0.2034"))  # not a prefix
+    assert not build.matches(mf.Platform("windows", "amd64", "", "10.0.17763"))
+    assert not mf.Platform("windows", "amd64").matches(mf.Platform("windows", "amd64", "", "10"))

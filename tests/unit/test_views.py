@@ -88,10 +88,15 @@ async def test_a_tag_is_looked_up_with_one_manifest_request(cache: BlockCache) -
     assert store.count("tags") == 0, "no tag list first"
     assert store.calls.count(("document", "library/hello", "latest")) == 1
     image = store.documents[("library/hello", "latest")]
-    assert await view.names("library/hello/latest") == ["config.json", "layers", "manifest.json"]
+    assert await view.names("library/hello/latest") == [
+        "config.json",
+        "layers",
+        "manifest.json",
+        "referrers",
+    ]
     assert await view.read("library/hello/latest/manifest.json") == image.raw
     layer = f"{mf.sha256_digest(b'hello layer')}.tar.gz"
-    assert await view.names("library/hello/latest/layers") == [layer]
+    assert await view.names("library/hello/latest/layers") == ["1.tar.gz", layer]
     assert await view.read(f"library/hello/latest/layers/{layer}") == b"hello layer"
     # The image's mtime is its config's `created`.
     assert latest.mtime == datetime.fromisoformat("2024-01-02T03:04:05+00:00").timestamp()
@@ -225,6 +230,7 @@ async def test_an_index_shows_the_platform_asked_for(cache: BlockCache) -> None:
         "layers",
         "manifest.json",
         "platforms",
+        "referrers",
     ]
     assert await view.read("multi/arch/1.0/index.json") == index.raw
     assert await view.read("multi/arch/1.0/manifest.json") == arm.manifest.raw
@@ -233,7 +239,7 @@ async def test_an_index_shows_the_platform_asked_for(cache: BlockCache) -> None:
     assert await view.read(f"{amd_dir}/manifest.json") == amd.manifest.raw
     assert (await view.walk(amd_dir)).immutable
     other = View(store, cache, platform=mf.Platform("linux", "s390x", ""))
-    assert await other.names("multi/arch/1.0") == ["index.json", "platforms"]
+    assert await other.names("multi/arch/1.0") == ["index.json", "platforms", "referrers"]
 
 
 async def test_image_views_are_the_builders_passed_in(cache: BlockCache) -> None:
@@ -248,6 +254,7 @@ async def test_image_views_are_the_builders_passed_in(cache: BlockCache) -> None
         "config.json",
         "layers",
         "manifest.json",
+        "referrers",
     ]
     view = View(store, cache, image_views=[extra])
     assert "extra.txt" in await view.names("library/hello/latest")
