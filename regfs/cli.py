@@ -68,6 +68,7 @@ def _version() -> str:
 MOUNT_EXAMPLES = """examples:
   regfs mount /mnt/mcr
   regfs mount --registry docker.io --platform linux/arm64/v8 /mnt/hub
+  regfs mount --platform windows/amd64:10.0.20348 /mnt/mcr   # Windows Server 2022 builds
   regfs mount --registry http://127.0.0.1:5000 --cache-size 20G /mnt/local
   regfs mount --registry docker.io --mirror http://mirror.internal:5000 /mnt/hub
   regfs mount --offline /mnt/mcr          # only what the cache holds, no network
@@ -100,7 +101,8 @@ def add_mount_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--platform",
         type=_platform,
-        help="os/arch[/variant] chosen from an index (default: this host's)",
+        help="os/arch[/variant][:os.version] chosen from an index, e.g. linux/arm64/v8 or"
+        " windows/amd64:10.0.20348 (that build or the highest 10.0.20348.*); default: this host's",
     )
     p.add_argument(
         "--cache-dir", type=Path, default=None, help=f"disk cache (default: {default_cache_dir()})"

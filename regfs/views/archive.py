@@ -3,7 +3,8 @@
 Both are assembled from the image's blobs as they are, foreign layers included: nothing is
 read to build them but the config, which the image directory has already. What they hold is
 computed by `regfs.oci.layout`; here its segments and paths become nodes. `image.tar` reads
-at any offset fetch only the blocks under it. Schema 1 images have no config blob: no archive.
+at any offset fetch only the blocks under it. Schema 1 images have no config blob: no archive;
+artifacts (Helm charts, signatures, SBOMs) are no images: no archive either.
 """
 
 from __future__ import annotations
@@ -116,6 +117,8 @@ def archive_entries(image: ResolvedImage) -> list[Node]:
     manifest = image.manifest
     if manifest.config is None or any(d.size < 0 for d in manifest.layers):
         return []  # schema 1: no config blob to put in an archive
+    if not manifest.is_image:
+        return []  # an artifact: podman and skopeo would refuse an image.tar of it
     lay = layout_of(image)
     return [image_tar(image, lay), oci_dir(image, lay)]
 

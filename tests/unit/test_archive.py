@@ -35,6 +35,7 @@ SMALL = random_bytes(700, seed=11)
 BIG = random_bytes(300_000 + 17, seed=12)
 _RANGE = re.compile(r"bytes=(\d+)-(\d+)")
 TAGGED = ImageName("latest", "latest")
+HELM_CHART = "application/vnd.cncf.helm.chart.content.v1.tar+gzip"
 
 
 def digest(data: bytes) -> str:
@@ -331,6 +332,31 @@ def test_schema1_images_get_no_archive() -> None:
     assert isinstance(image, mf.Manifest)
     ctx: Any = object()  # nothing may be asked of it
     resolved = ResolvedImage(ctx, ctx, "legacy/schema1", image, b"{}", 0.0, ImageName("1"))
+    assert archive.archive_entries(resolved) == []
+
+
+@pytest.mark.parametrize(
+    ("config_type", "layer_type", "extra"),
+    [
+        ("application/vnd.cncf.helm.config.v1+json", HELM_CHART, {}),
+        (mf.OCI_EMPTY, "application/spdx+json", {"artifactType": "application/spdx+json"}),
+        (mf.OCI_CONFIG, "application/vnd.dev.cosign.simplesigning.v1+json", {}),
+    ],
+)
+def test_artifacts_get_no_archive(config_type: str, layer_type: str, extra: dict[str, Any]) -> None:
+    raw = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": mf.OCI_MANIFEST,
+            "config": {"mediaType": config_type, "digest": digest(b"{}"), "size": 2},
+            "layers": [{"mediaType": layer_type, "digest": digest(SMALL), "size": len(SMALL)}],
+            **extra,
+        }
+    ).encode()
+    artifact = mf.parse_document(raw)
+    assert isinstance(artifact, mf.Manifest) and not artifact.is_image
+    ctx: Any = object()  # nothing may be asked of it
+    resolved = ResolvedImage(ctx, ctx, "charts/x", artifact, b"{}", 0.0, TAGGED)
     assert archive.archive_entries(resolved) == []
 
 
