@@ -96,7 +96,8 @@ def plan(paths: Sequence[Path]) -> Plan:
                     add(directory / name)
             if "layers" in names:
                 for layer in _listdir(directory / "layers", result):
-                    add(directory / "layers" / layer)
+                    if not os.path.islink(directory / "layers" / layer):  # 1.tar.gz -> sha256:…
+                        add(directory / "layers" / layer)
             if "platforms" in names:
                 for platform in _listdir(directory / "platforms", result):
                     walk(directory / "platforms" / platform)

@@ -132,7 +132,15 @@ class RegistryStore:
         `.sig`/`.att`/`.sbom` tags. Those tags are looked for in the tag list (one request,
         no manifest request for a tag that is not there); where the list is refused, each
         is asked for."""
-        listed = None if self.offline else await self.client.referrers(repo, digest)
+        listed = None
+        if not self.offline:
+            try:
+                listed = await self.client.referrers(repo, digest)
+            except TransientError:
+                if not self.mirrors:
+                    raise
+                # Out of reach: the tags below may still come from a mirror.
+                log.info("%s@%s: referrers API out of reach, looking at tags", repo, digest)
         fallback = oci_referrers.fallback_tag(digest)
         wanted = ([] if listed is not None else [fallback]) + oci_referrers.cosign_tags(digest)
         by_tag: list[mf.Descriptor] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,7 +19,7 @@ from regfs.mount import MountConfig, build_services, make_tree
 from regfs.oci.platform import parse_platform
 from regfs.registry.client import Stats
 from regfs.vfs import fuse as fs
-from regfs.vfs.nodes import Dir, Node
+from regfs.vfs.nodes import Dir, Node, Symlink
 from regfs.vfs.table import ROOT_INODE, InodeTable
 from regfs.views.registry import Options
 from tests.fixtures.registry import RegistryServer
@@ -49,6 +50,12 @@ class Built:
             return await self.tree.read(fh, offset, file.size if size is None else size)
         finally:
             self.tree.release(fh)
+
+
+def layer_names(digests: list[str]) -> list[str]:
+    """What layers/ lists: each blob by digest, and a numbered link per layer, in order."""
+    numbered = [f"{n:0{len(str(len(digests)))}d}.tar.gz" for n in range(1, len(digests) + 1)]
+    return sorted({f"{d}.tar.gz" for d in digests} | set(numbered))
 
 
 @asynccontextmanager
@@ -91,14 +98,16 @@ async def test_image_by_tag_is_byte_exact(
         )
         assert await b.read("library/hello/latest/manifest.json") == hello.manifest_bytes
         assert await b.read("library/hello/latest/config.json") == hello.config_bytes
-        assert await b.names("library/hello/latest/layers") == sorted(
-            f"{layer.digest}.tar.gz" for layer in hello.layers
+        assert await b.names("library/hello/latest/layers") == layer_names(
+            [layer.digest for layer in hello.layers]
         )
-        for layer in hello.layers:
+        for number, layer in enumerate(hello.layers, 1):
             path = f"library/hello/latest/layers/{layer.digest}.tar.gz"
             node = await b.walk(path)
             assert node.size == layer.size
             assert await b.read(path) == layer.data
+            link = await b.walk(f"library/hello/latest/layers/{number}.tar.gz")
+            assert isinstance(link, Symlink) and link.target == f"{layer.digest}.tar.gz".encode()
 
 
 async def test_digest_dir_is_reachable_but_not_listed(
@@ -120,9 +129,7 @@ async def test_oci_image_layers_have_tar_gz_names(
     app = seeded.oci_app
     async with built(tmp_path, registry) as b:
         assert await b.read("oci/app/1.0/manifest.json") == app.manifest_bytes
-        assert await b.names("oci/app/1.0/layers") == sorted(
-            f"{layer.digest}.tar.gz" for layer in app.layers
-        )
+        assert await b.names("oci/app/1.0/layers") == layer_names([x.digest for x in app.layers])
 
 
 @pytest.mark.parametrize("ref", ["multi/arch:1.0", "multi/oci:2.0"])
@@ -164,7 +171,7 @@ async def test_index_without_a_matching_platform_shows_index_and_platforms_only(
     tmp_path: Path, registry: RegistryServer, seeded: Seeded
 ) -> None:
     async with built(tmp_path, registry, platform="linux/s390x") as b:
-        assert await b.names("multi/arch/1.0") == ["index.json", "platforms"]
+        assert await b.names("multi/arch/1.0") == ["index.json", "platforms", "referrers"]
         with pytest.raises(NotFoundError):
             await b.walk("multi/arch/1.0/manifest.json")
 
@@ -176,9 +183,7 @@ async def test_schema1_layers_come_from_fslayers(
     async with built(tmp_path, registry) as b:
         served = await b.read("legacy/schema1/1/manifest.json")
         assert schema1_payload(served) == s1.payload
-        assert await b.names("legacy/schema1/1/layers") == sorted(
-            f"{digest}.tar.gz" for digest, _ in s1.layers
-        )
+        assert await b.names("legacy/schema1/1/layers") == layer_names([d for d, _ in s1.layers])
         for digest, data in s1.layers:
             path = f"legacy/schema1/1/layers/{digest}.tar.gz"
             assert (await b.walk(path)).size == len(data)
@@ -375,3 +380,22 @@ async def test_listing_a_repository_fetches_no_manifest(
         assert b.stats.requests - before == 1  # GET /v2/library/hello/tags/list
         manifest = await b.read("library/hello/latest/manifest.json")
         assert manifest == seeded.hello.manifest_bytes
+
+
+async def test_referrers_cost_no_manifest_request_where_there_are_none(
+    tmp_path: Path, registry: RegistryServer, seeded: Seeded
+) -> None:
+    # docker-registry 2.8 has no referrers API: one 404 for it, one tag list to look for the
+    # fallback and cosign tags, and no manifest GET (each a pull on Docker Hub) for tags
+    # that are not there. Listing the image asks nothing.
+    async with built(tmp_path, registry) as b:
+        assert "referrers" in await b.names("library/hello/latest")
+        before = b.stats.requests
+        assert await b.names("library/hello/latest/referrers") == ["index.json"]
+        assert b.stats.requests - before == 2
+        index = json.loads(await b.read("library/hello/latest/referrers/index.json"))
+        assert index == {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [],
+        }

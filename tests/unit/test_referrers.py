@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from regfs.cache import BlockCache, DiskCache
-from regfs.errors import AuthError, ManifestError, NotFoundError
+from regfs.errors import AuthError, ManifestError, NotFoundError, TransientError
 from regfs.oci import manifest as mf
 from regfs.oci import referrers as oci
 from regfs.registry.client import RegistryClient
@@ -309,6 +309,24 @@ async def test_store_asks_for_each_tag_when_the_list_is_refused(
         oci.fallback_tag(image.digest),
         *oci.cosign_tags(image.digest),
     ]
+
+
+async def test_store_with_the_registry_out_of_reach_looks_at_a_mirrors_tags(
+    monkeypatch: pytest.MonkeyPatch, signed: tuple[FakeImage, FakeImage, FakeImage]
+) -> None:
+    image, _, signature = signed
+    mirror = MockRegistry()
+    sig_tag = oci.cosign_tags(image.digest)[0]
+    mirror.add(image, "1.0")
+    mirror.add(signature, sig_tag)
+    registry, _ = mock_client(monkeypatch, lambda r: httpx.Response(503))
+    mirror_client, _ = mock_client(monkeypatch, mirror, address="https://mirror.example")
+    store = RegistryStore(registry, mirrors=[mirror_client])
+    found = await store.referrers(REPO, image.digest)
+    assert [d.digest for d in found] == [signature.digest]
+    # Without a mirror, the registry's failure is the answer.
+    with pytest.raises(TransientError):
+        await RegistryStore(registry).referrers(REPO, image.digest)
 
 
 async def test_store_without_referrers_asks_for_no_manifest(
