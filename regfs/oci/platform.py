@@ -88,11 +88,12 @@ def platform_names(index: mf.Index) -> list[tuple[str, mf.Descriptor]]:
     named: list[tuple[str, mf.Descriptor]] = []
     used: set[str] = set()
     for base, d in zip(bases, entries, strict=True):
-        name = base
+        name, version = base, _version(d)
         if shared[base] > 1:
-            version = _version(d)
-            distinct = version and versions[(base, version)] == 1 and _COMPONENT.match(version)
-            name = f"{base}-{version}" if distinct else _by_digest(base, d)
+            if version and versions[(base, version)] == 1 and _COMPONENT.match(version):
+                name = f"{base}-{version}"
+            else:
+                name = _by_digest(base, d)
         if name in used:
             name = _by_digest(base, d)
         if name in used:
