@@ -23,8 +23,19 @@ class Store(Protocol):
         """Only what the disk cache holds is there: nothing is asked of the network."""
         ...
 
-    async def document(self, repo: str, reference: str) -> mf.Document:
-        """A manifest or index by tag or digest. NotFoundError when there is none."""
+    @property
+    def default_namespace(self) -> str | None:
+        """Where a one-component name lives (`library` on Docker Hub), or None: `alpine` is
+        then `library/alpine`, as docker spells it."""
+        ...
+
+    async def document(
+        self, repo: str, reference: str, *, current: mf.Document | None = None
+    ) -> mf.Document:
+        """A manifest or index by tag or digest. NotFoundError when there is none (also for
+        a refusal the mount has no credentials to argue with: a repository that may not
+        exist). `current`: what the tag resolved to before; it comes back as it is when the
+        tag still resolves to it, checked without fetching the manifest again."""
         ...
 
     async def tags(self, repo: str) -> list[str]:
