@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import trio
 
 from ..cache import BlockCache
-from ..errors import AuthError, NotFoundError
+from ..errors import AuthError, NotFoundError, RegistryError
 from ..oci import manifest as mf
 from ..oci.platform import host_platform_default
 from ..oci.reference import (
@@ -197,9 +197,19 @@ class RepoDir(Dir):
         self.confirmed = True
         return tags
 
+    def _list_refusal(self) -> RegistryError | None:
+        """Why the tag list was refused, if it was: AuthError (EACCES), or for a mount without
+        credentials the store's NotFoundError of a refusal (status 401/403: ENOENT, as docker
+        says "does not exist or may require 'docker login'")."""
+        if self._denied is not None:
+            return self._denied
+        if self._missing is not None and self._missing.status in (401, 403):
+            return self._missing
+        return None
+
     async def _unlistable(self) -> bool:
         """Refused the tag list, and no catalog to say what is here: only the registry knows."""
-        return self._denied is not None and await self.root.catalog.repos() is None
+        return self._list_refusal() is not None and await self.root.catalog.repos() is None
 
     async def entries(self) -> Mapping[str, Node]:
         found: dict[str, Node] = {}
@@ -226,7 +236,7 @@ class RepoDir(Dir):
         if known is not None and known.confirmed and not self.confirmed:
             # A repository below a path that is none (so far): no probe for a tag of ours.
             return known
-        refused: AuthError | None = None
+        probed = False  # the manifest of `name` as our tag was asked for: no such tag
         if not await self._may_have_tags():
             pass  # a namespace the catalog knows is no repository: only nested repos below
         elif is_tag(name) and not self.store.offline and not self._tags_fresh():
@@ -234,10 +244,11 @@ class RepoDir(Dir):
             # (a tag wins over a nested repository of the same name anyway).
             try:
                 node = await self._tag(name)
-            except AuthError as exc:
-                node, refused = None, exc  # decided below, where a refused list is handled
+            except AuthError:
+                node = None  # decided below, where a refused tag list is handled
             if node is not None:
                 return node
+            probed = True
         # Offline, tags() lists the tags the cache knows; a name outside it may still be a
         # cached nested repository (library/hello under library), so it is not a tag yet.
         if is_tag(name) and await self._may_have_tags() and name in await self.tags():
@@ -246,7 +257,7 @@ class RepoDir(Dir):
             return None
         if await self.root.catalog.might_exist(f"{self.path}/{name}"):
             if is_tag(name) and await self._unlistable():
-                return await self._tag_or_repo(name, refused)
+                return await self._tag_or_repo(name, probed)
             return self._subdir(name)
         if is_tag(name):
             return await self._tag(name)  # a tag the list did not show (yet)
@@ -258,21 +269,23 @@ class RepoDir(Dir):
             node = self._subdirs[name] = RepoDir(self.root, name, f"{self.path}/{name}")
         return node
 
-    async def _tag_or_repo(self, name: str, refused: AuthError | None) -> Node:
-        """An image if its manifest answers, a nested repo if its tags do, else the refusal:
-        without credentials a protected registry is EACCES, not an empty directory.
-        `refused`: the manifest was asked for already, and refused."""
-        if refused is None:
+    async def _tag_or_repo(self, name: str, probed: bool) -> Node:
+        """Our tag list was refused and no catalog says what is here: an image if its manifest
+        answers, a nested repository if its tags do (or one was reached below it), else the
+        refusal, not an empty directory: EACCES, or ENOENT for a mount without credentials.
+        `probed`: the manifest was asked for already."""
+        if not probed:
             try:
                 node = await self._tag(name)
-            except AuthError as exc:
-                refused = exc
-            else:
-                return node if node is not None else self._subdir(name)
+            except AuthError:
+                node = None
+            if node is not None:
+                return node
         sub = self._subdir(name)
         await sub.tags()
-        if sub._denied is not None:
-            raise refused
+        failure = sub._list_refusal()
+        if failure is not None and not sub.reached():
+            raise failure
         return sub
 
     async def _tag(self, tag: str) -> TagDir | None:

@@ -39,7 +39,8 @@ class Store(Protocol):
         ...
 
     async def tags(self, repo: str) -> list[str]:
-        """Sorted tags. NotFoundError: no such repository; AuthError: the list is refused."""
+        """Sorted tags. NotFoundError: no such repository (with status 401/403: refused to a
+        mount without credentials, which may be that); AuthError: the list is refused."""
         ...
 
     async def catalog(self) -> list[str] | None:

@@ -419,3 +419,24 @@ async def test_a_short_name_without_a_catalog(cache: BlockCache) -> None:
     assert await view.names("") == [".regfs"]  # a short name is not listed
     await view.walk("library/hello/latest")
     assert await view.names("") == [".regfs", "library"]
+
+
+async def test_a_refusal_to_a_mount_without_credentials_is_enoent_where_eacces_was(
+    cache: BlockCache,
+) -> None:
+    # What the store makes of Docker Hub's 401s when the mount has no credentials.
+    def refusal(repo: str) -> NotFoundError:
+        return NotFoundError(f"pull access denied for {repo}", status=401)
+
+    store = hub_store()
+    for repo in ("library", "library/nosuch"):
+        store.tag_lists[repo] = refusal(repo)
+    store.documents[("library", "nosuch")] = refusal("library")
+    store.documents[("library", "hello")] = refusal("library")
+    view = View(store, cache)
+    with pytest.raises(NotFoundError, match="library/nosuch"):
+        await view.walk("library/nosuch")  # at the lookup: an empty directory would hide it
+    with pytest.raises(NotFoundError):
+        await view.names("library")
+    assert isinstance(await view.walk("library/hello/latest"), TagDir)  # what exists, works
+    assert await view.names("library") == ["hello"]
