@@ -32,7 +32,7 @@ from tests.fixtures.token_issuer import TokenIssuer
 
 pytestmark = [pytest.mark.registry, pytest.mark.mount]
 
-TTL = 1.0
+TTL = 2.0  # long enough that one re-read fits in it on a loaded machine
 PAST_TTL = TTL + 0.5  # a wait for the TTL to run out (nothing is measured)
 
 
@@ -212,7 +212,11 @@ def test_without_the_default_namespace_a_short_name_is_only_itself(
 ) -> None:
     start = len(hub.proxy.requests)
     with mounted(tmp_path, hub.proxy.url, env=no_credentials_env(tmp_path)) as m:
-        assert os.listdir(m.path / "hello") == []  # no repository `hello` (a 404)
+        try:  # no repository `hello` (a 404): no tags, whichever way the kernel says it
+            listed = os.listdir(m.path / "hello")
+        except FileNotFoundError:
+            listed = []
+        assert listed == []
         assert not (m.path / "hello" / "latest" / "manifest.json").is_file()
     paths = {r.path for r in hub.since(start)}
     assert "/v2/hello/tags/list" in paths
