@@ -5,6 +5,11 @@ and the one place that decides where an answer comes from: mirrors first, then t
 (`via_mirrors`, the rule blobs follow too, inside `BlobSource`); the disk cache when the
 registry is out of reach for a tag seen before; only the disk cache when offline.
 
+It also spends as few pulls as docker does: a tag seen before is re-checked with one HEAD
+(Docker Hub counts manifest GETs as pulls), a refused catalog is not asked for again, and a
+refusal to a mount without credentials is taken as docker takes it: the repository may not
+exist (ENOENT, logged in docker's words), not a permission problem.
+
 It lives beside the views, not in them: views know it through `regfs.views.store.Store` (a
 Protocol), so they are tested with a fake; one store per registry, so a mount of several
 registries is several stores.
@@ -18,15 +23,25 @@ from collections.abc import Sequence
 import trio
 
 from .cache import BlobRef, DiskCache
-from .errors import AuthError, NotFoundError, OfflineError, RegfsError, TransientError
+from .errors import (
+    AuthError,
+    NotFoundError,
+    OfflineError,
+    RegfsError,
+    RegistryError,
+    TransientError,
+)
 from .oci import manifest as mf
 from .oci import referrers as oci_referrers
+from .oci.reference import default_namespace as registry_default_namespace
 from .oci.reference import is_digest, registry_key
 from .registry.blobs import BlobSource, ForeignURLPolicy
-from .registry.client import RegistryClient
+from .registry.client import RegistryClient, pull_scope
 from .registry.fallback import via_mirrors
 
 log = logging.getLogger(__name__)
+
+MAX_DENIALS_LOGGED = 1024  # repositories whose "pull access denied" was logged at warning
 
 
 class RegistryStore:
@@ -38,6 +53,7 @@ class RegistryStore:
         disk: DiskCache | None = None,
         policy: ForeignURLPolicy | None = None,
         offline: bool = False,
+        default_namespace: str | None = None,
     ) -> None:
         self.client = client
         self.mirrors = list(mirrors)
@@ -45,6 +61,12 @@ class RegistryStore:
         self.policy = policy if policy is not None else ForeignURLPolicy()
         self.offline = offline
         self.key = registry_key(client.address)  # its area in the disk cache
+        # Docker Hub's `library`, from the address unless given (tests give it to loopback).
+        self.default_namespace = default_namespace or registry_default_namespace(client.address)
+        # Why the catalog was refused, for the mount's life: a refusal (401, 403, 404, a
+        # broken answer) does not change with time, and asking again costs a token too.
+        self.catalog_refused: RegfsError | None = None
+        self._denials_logged: set[str] = set()
 
     @property
     def host(self) -> str:
@@ -63,8 +85,37 @@ class RegistryStore:
         """A blob's size from the registry (schema 1 manifests do not state it)."""
         return await self.client.blob_size(repo, digest)
 
-    async def document(self, repo: str, reference: str) -> mf.Document:
-        """A manifest or index by tag or digest, through the disk cache."""
+    async def document(
+        self, repo: str, reference: str, *, current: mf.Document | None = None
+    ) -> mf.Document:
+        """A manifest or index by tag or digest, through the disk cache.
+
+        With `current` (what the tag resolved to before), one HEAD asks whether the tag
+        still resolves to it, and `current` comes back if so; a GET only when it moved or
+        the registry says no digest. A refusal without credentials is NotFoundError.
+        """
+        try:
+            if current is not None and not is_digest(reference) and not self.offline:
+                digest = await self._head(repo, reference, current)
+                if digest == current.digest:
+                    return current
+                log.debug("%s:%s: now %s, was %s", repo, reference, digest, current.digest)
+            return await self._document(repo, reference)
+        except AuthError as exc:
+            raise await self._as_docker_sees_it(exc, repo) from exc
+
+    async def _head(self, repo: str, tag: str, current: mf.Document) -> str | None:
+        """The digest `repo:tag` is served with now (None: not said). Out of reach: the
+        current resolution's digest, as a GET out of reach serves the cached one."""
+        try:
+            return await via_mirrors(
+                self.mirrors, self.client, lambda c: c.head_manifest(repo, tag)
+            )
+        except TransientError:
+            log.warning("%s:%s: registry unreachable, keeping the current resolution", repo, tag)
+            return current.digest
+
+    async def _document(self, repo: str, reference: str) -> mf.Document:
         if is_digest(reference):
             raw = self._cached_document(reference)
             if raw is not None:
@@ -97,26 +148,71 @@ class RegistryStore:
     async def tags(self, repo: str) -> list[str]:
         """The repository's tags, sorted; offline, those the cache has resolutions for.
 
-        NotFoundError and AuthError are the caller's to interpret (no repository, refused).
+        NotFoundError and AuthError are the caller's to interpret (no repository, refused);
+        a refusal without credentials is NotFoundError, as for `document`.
         """
         if self.offline:
             if self.disk is None:
                 return []
             return await trio.to_thread.run_sync(self.disk.cached_tags, self.key, repo)
-        listed = await via_mirrors(self.mirrors, self.client, lambda c: c.list_tags(repo))
+        try:
+            listed = await via_mirrors(self.mirrors, self.client, lambda c: c.list_tags(repo))
+        except AuthError as exc:
+            raise await self._as_docker_sees_it(exc, repo) from exc
         return sorted(set(listed))
 
     async def catalog(self) -> list[str] | None:
-        """Every repository, sorted, where /v2/_catalog is allowed; None where it is not."""
+        """Every repository, sorted, where /v2/_catalog is allowed; None where it is not.
+
+        A refusal is remembered for the mount's life (no request after it); a failure to
+        reach the registry is not, the next call asks again.
+        """
         if self.offline:
             if self.disk is None:
                 return []
             return await trio.to_thread.run_sync(self.disk.cached_repos, self.key)
+        if self.catalog_refused is not None:
+            return None
         try:
             return sorted(set(await self.client.catalog()))
-        except RegfsError as exc:
-            log.info("catalog not available (%s); repositories are reachable by name", exc)
+        except TransientError as exc:
+            log.info("catalog not available now (%s); asked again later", exc)
             return None
+        except RegfsError as exc:
+            log.info("catalog refused (%s); repositories are reachable by name", exc)
+            self.catalog_refused = exc
+            return None
+
+    async def _as_docker_sees_it(self, exc: AuthError, repo: str) -> RegistryError:
+        """A registry's refusal of `repo`, as docker reports it to a user not logged in.
+
+        Docker Hub answers 401 for a repository that does not exist: with no credentials
+        and an anonymous token the registry still refuses, the repository may as well not
+        exist ("pull access denied … does not exist or may require 'docker login'"), so
+        NotFoundError (ENOENT). A refusal stays AuthError (EACCES) with credentials, when
+        the registry lets nobody in anonymously (Basic auth: docker's "no basic auth
+        credentials") and when it is not the registry's own (a token realm, TLS).
+        """
+        if not is_anonymous(self.client) or exc.host != self.host:
+            return exc
+        try:
+            # Cached since the refused request: a bearer token means we were let in.
+            sent = await self.client.auth.authorization(pull_scope(repo))
+        except RegfsError:
+            return exc
+        if sent is None or not sent.lower().startswith("bearer "):
+            return exc
+        message = (
+            f"{self.host}: pull access denied for {repo}, repository does not exist or may "
+            "require 'docker login'"
+        )
+        if repo in self._denials_logged:
+            log.debug("%s", message)
+        else:
+            if len(self._denials_logged) < MAX_DENIALS_LOGGED:
+                self._denials_logged.add(repo)
+            log.warning("%s", message)
+        return NotFoundError(message, host=exc.host, status=exc.status, codes=exc.codes)
 
     def _cached_document(self, digest: str) -> bytes | None:
         return None if self.disk is None else self.disk.get_document(digest)
@@ -163,3 +259,9 @@ class RegistryStore:
         except (NotFoundError, AuthError):
             return wanted  # no list to look in: ask for each
         return [tag for tag in wanted if tag in present]
+
+
+def is_anonymous(client: RegistryClient) -> bool:
+    """Whether the mount has no credentials for the registry. RegistryAuth keeps them to
+    itself (they are secrets); only whether there are any is read here."""
+    return client.auth._credentials is None

@@ -30,9 +30,26 @@ DOCKER_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry.hub.do
 DOCKER_HUB_NAMES = DOCKER_HUB_ALIASES | {DOCKER_HUB_HOST}
 
 
+# Where a one-component name lives, per registry API host: `docker pull alpine` is
+# library/alpine on Docker Hub and nowhere else. A property of the registry, not an option;
+# tests add a loopback registry here to stand in for Docker Hub.
+DEFAULT_NAMESPACES: dict[str, str] = {DOCKER_HUB_HOST: "library"}
+
+
 def is_docker_hub(host: str) -> bool:
     """Whether `host` (lower-case, no scheme) is one of Docker Hub's names."""
     return host in DOCKER_HUB_NAMES
+
+
+def default_namespace(address: RegistryAddress) -> str | None:
+    """The namespace a registry puts one-component names in (`library` on Docker Hub)."""
+    return DEFAULT_NAMESPACES.get(address.host)
+
+
+def expand_short_name(name: str, namespace: str | None) -> str:
+    """The repository a name means, as docker spells it: `alpine` is `library/alpine` where
+    the registry has that default namespace; a name with a `/` is always literal."""
+    return f"{namespace}/{name}" if namespace and "/" not in name else name
 
 
 def is_repository(name: str) -> bool:

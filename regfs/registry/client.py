@@ -398,6 +398,30 @@ class RegistryClient:
         finally:
             await response.aclose()
 
+    async def head_manifest(self, repo: str, reference: str) -> str | None:
+        """HEAD a manifest with the same Accept as `get_manifest`: the Docker-Content-Digest
+        it is served with, or None when the registry gives none (or not a digest). This is
+        how docker and crane re-check a tag: Docker Hub counts a GET as a pull, not a HEAD."""
+        check_repository(repo)
+        check_reference(reference)
+        what = f"manifest {repo}:{reference}"
+
+        async def once() -> str | None:
+            url = self.url(f"/v2/{repo}/manifests/{reference}")
+            headers = {"Accept": mf.ACCEPT}
+            response = await self.send(
+                url, scope=pull_scope(repo), headers=headers, method="HEAD", what=what
+            )
+            try:
+                if response.status_code >= 400:
+                    raise status_error(await drain_error(response), what)
+            finally:
+                await response.aclose()
+            digest = response.headers.get("docker-content-digest", "").strip()
+            return digest if is_digest(digest) else None
+
+        return await self.with_retries(f"HEAD {what}", once)
+
     async def referrers(self, repo: str, digest: str) -> list[mf.Descriptor] | None:
         """The OCI 1.1 referrers of a manifest, unfiltered, every page of
         `GET /v2/<repo>/referrers/<digest>`; None where the registry has no referrers API

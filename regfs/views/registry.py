@@ -3,8 +3,13 @@
     <root>/<namespace>/…/<repo>/<tag>/ | sha256:<hex>/     (and the mount's control dir)
 
 Repositories come from the catalog where the registry allows one; where it does not, any
-valid name may be a repository, found by asking. A tag is listed from the tag list and
-resolved to its image only when its directory is used (a repository may have thousands).
+valid name may be a repository, found by asking, and a directory lists the repositories
+reached below it so far. A tag is listed from the tag list and resolved to its image only
+when its directory is used (a repository may have thousands); after the tag TTL the store
+re-checks it (one HEAD). A path known to be a repository is not probed again for being a
+tag of its parent. On a registry with a default namespace (Docker Hub's `library`), a
+one-component name at the top is short for a repository there: `alpine` is
+`library/alpine`, as docker spells it, and is not listed (the full name is).
 Everything registry-side is asked of a `Store`, one per registry.
 """
 
@@ -18,10 +23,16 @@ from dataclasses import dataclass, field
 import trio
 
 from ..cache import BlockCache
-from ..errors import AuthError, NotFoundError
+from ..errors import AuthError, NotFoundError, RegistryError
 from ..oci import manifest as mf
 from ..oci.platform import host_platform_default
-from ..oci.reference import is_digest, is_repository, is_repository_component, is_tag
+from ..oci.reference import (
+    expand_short_name,
+    is_digest,
+    is_repository,
+    is_repository_component,
+    is_tag,
+)
 from ..vfs.nodes import Dir, Node
 from .image import ImageDir, ImageViewBuilder, ImageViews
 from .store import Store
@@ -100,6 +111,10 @@ class RootDir(Dir):
         found: dict[str, Node] = {} if self.control is None else {self.control.name: self.control}
         for component in await self.catalog.children_of(""):
             found.setdefault(component, self._subdir(component))
+        if await self.catalog.repos() is None:
+            for name, sub in self._subdirs.items():
+                if sub.reached(listed_as_repository=sub.repository == sub.path):
+                    found.setdefault(name, sub)  # a short name is listed by its full name
         return found
 
     async def lookup(self, name: str) -> Node | None:
@@ -107,37 +122,55 @@ class RootDir(Dir):
             return self.control
         if not is_repository_component(name):
             return None
-        if await self.catalog.might_exist(name):
+        repository = expand_short_name(name, self.store.default_namespace)
+        if await self.catalog.might_exist(name) or await self.catalog.might_exist(repository):
             return self._subdir(name)
         return None
 
     def _subdir(self, name: str) -> RepoDir:
         node = self._subdirs.get(name)
         if node is None:
-            node = self._subdirs[name] = RepoDir(self, name, name)
+            repository = expand_short_name(name, self.store.default_namespace)
+            node = self._subdirs[name] = RepoDir(self, name, name, repository)
         return node
 
 
 class RepoDir(Dir):
-    """A repository and/or a namespace: tags, and nested repositories the catalog lists."""
+    """A repository and/or a namespace: tags, and nested repositories the catalog lists.
 
-    def __init__(self, root: RootDir, name: str, path: str) -> None:
+    `path` is where it is in the tree (nested repositories are `path/<name>`), `repository`
+    the registry's name for its tags and images: the same but for a short name at the top
+    (`alpine`, short for `library/alpine` where that is the default namespace).
+    """
+
+    def __init__(self, root: RootDir, name: str, path: str, repository: str | None = None) -> None:
         super().__init__(name, root.started, immutable=False)
         self.root = root
         self.store = root.store
         self.path = path
+        self.repository = repository or path
         self._tags: list[str] | None = None
         self._tags_at = 0.0
         self._images: dict[str, ImageDir] = {}
+        self._resolving: dict[str, trio.Lock] = {}  # one resolution of a reference at a time
         self._subdirs: dict[str, RepoDir] = {}
         self._tag_dirs: dict[str, TagDir] = {}
         self._lock = trio.Lock()
         self._denied: AuthError | None = None  # the tag list was refused to us
+        self._missing: NotFoundError | None = None  # the tag list said: no such repository
+        self.confirmed = False  # the registry answered for it: a tag list or a manifest
+
+    def reached(self, *, listed_as_repository: bool = True) -> bool:
+        """Known to hold something: a repository that answered, or one reached below it.
+        Without a catalog, this is what a directory can list of what is below it."""
+        if self.confirmed and listed_as_repository:
+            return True
+        return any(sub.reached() for sub in self._subdirs.values())
 
     async def _may_have_tags(self) -> bool:
         """False when the catalog lists repositories below this path but not this path."""
         repos = await self.root.catalog.repos()
-        return repos is None or self.path in repos or self.store.offline
+        return repos is None or self.repository in repos or self.store.offline
 
     def _tags_fresh(self) -> bool:
         return self._tags is not None and time.monotonic() - self._tags_at < self.root.tag_ttl
@@ -151,33 +184,59 @@ class RepoDir(Dir):
             return tags
 
     async def _fetch_tags(self) -> list[str]:
-        self._denied = None
+        self._denied = self._missing = None
         try:
-            return await self.store.tags(self.path)
+            tags = await self.store.tags(self.repository)
         except (NotFoundError, AuthError) as exc:
-            log.debug("tags of %s: %s", self.path, exc)
+            log.debug("tags of %s: %s", self.repository, exc)
             if isinstance(exc, AuthError):
                 self._denied = exc
+            else:
+                self._missing = exc
             return []
+        self.confirmed = True
+        return tags
+
+    def _list_refusal(self) -> RegistryError | None:
+        """Why the tag list was refused, if it was: AuthError (EACCES), or for a mount without
+        credentials the store's NotFoundError of a refusal (status 401/403: ENOENT, as docker
+        says "does not exist or may require 'docker login'")."""
+        if self._denied is not None:
+            return self._denied
+        if self._missing is not None and self._missing.status in (401, 403):
+            return self._missing
+        return None
 
     async def _unlistable(self) -> bool:
         """Refused the tag list, and no catalog to say what is here: only the registry knows."""
-        return self._denied is not None and await self.root.catalog.repos() is None
+        return self._list_refusal() is not None and await self.root.catalog.repos() is None
 
     async def entries(self) -> Mapping[str, Node]:
         found: dict[str, Node] = {}
         tags = await self.tags() if await self._may_have_tags() else []
-        if self._denied is not None and await self._unlistable():
-            raise self._denied  # an empty listing would hide the refusal (EACCES instead)
+        if await self.root.catalog.repos() is None:
+            # Nothing says what is below but what was reached by name: list that, and when
+            # there is nothing, the refusal (EACCES) or the absence (ENOENT), not emptiness.
+            for name, sub in self._subdirs.items():
+                if sub.reached():
+                    found[name] = sub
+            failure = self._denied or self._missing
+            if failure is not None and not found:
+                raise failure
         for tag in tags:  # not resolved here: a repository may have thousands of tags
-            found[tag] = self._tag_dir(tag)
+            found[tag] = self._tag_dir(tag)  # a tag wins
         for component in await self.root.catalog.children_of(self.path):
-            found.setdefault(component, self._subdir(component))  # a tag wins
+            found.setdefault(component, self._subdir(component))
         return found
 
     async def lookup(self, name: str) -> Node | None:
         if is_digest(name):
             return await self._image(name)
+        known = self._subdirs.get(name)
+        if known is not None and known.confirmed and not self.confirmed:
+            # A repository below a path that is none (so far): no probe for a tag of ours.
+            return known
+        probed = False  # the manifest of `name` as our tag was asked for: no such tag
         if not await self._may_have_tags():
             pass  # a namespace the catalog knows is no repository: only nested repos below
         elif is_tag(name) and not self.store.offline and not self._tags_fresh():
@@ -189,6 +248,7 @@ class RepoDir(Dir):
                 node = None  # decided below, where a refused tag list is handled
             if node is not None:
                 return node
+            probed = True
         # Offline, tags() lists the tags the cache knows; a name outside it may still be a
         # cached nested repository (library/hello under library), so it is not a tag yet.
         if is_tag(name) and await self._may_have_tags() and name in await self.tags():
@@ -197,7 +257,7 @@ class RepoDir(Dir):
             return None
         if await self.root.catalog.might_exist(f"{self.path}/{name}"):
             if is_tag(name) and await self._unlistable():
-                return await self._tag_or_repo(name)
+                return await self._tag_or_repo(name, probed)
             return self._subdir(name)
         if is_tag(name):
             return await self._tag(name)  # a tag the list did not show (yet)
@@ -209,18 +269,24 @@ class RepoDir(Dir):
             node = self._subdirs[name] = RepoDir(self.root, name, f"{self.path}/{name}")
         return node
 
-    async def _tag_or_repo(self, name: str) -> Node:
-        """An image if its manifest answers, a nested repo if its tags do, else the refusal:
-        without credentials a protected registry is EACCES, not an empty directory."""
-        try:
-            node = await self._tag(name)
-        except AuthError:
-            sub = self._subdir(name)
-            await sub.tags()
-            if sub._denied is not None:
-                raise
-            return sub
-        return node if node is not None else self._subdir(name)
+    async def _tag_or_repo(self, name: str, probed: bool) -> Node:
+        """Our tag list was refused and no catalog says what is here: an image if its manifest
+        answers, a nested repository if its tags do (or one was reached below it), else the
+        refusal, not an empty directory: EACCES, or ENOENT for a mount without credentials.
+        `probed`: the manifest was asked for already."""
+        if not probed:
+            try:
+                node = await self._tag(name)
+            except AuthError:
+                node = None
+            if node is not None:
+                return node
+        sub = self._subdir(name)
+        await sub.tags()
+        failure = sub._list_refusal()
+        if failure is not None and not sub.reached():
+            raise failure
+        return sub
 
     async def _tag(self, tag: str) -> TagDir | None:
         """The directory of a tag, resolved now (a lookup must know whether it exists)."""
@@ -237,22 +303,42 @@ class RepoDir(Dir):
             node.bound = image
         return node
 
-    async def _image(self, reference: str) -> ImageDir | None:
+    def _resolved(self, reference: str) -> ImageDir | None:
+        """The image `reference` resolved to, while that holds: a digest for ever, a tag for
+        the tag TTL."""
         node = self._images.get(reference)
-        mutable = not is_digest(reference)
         if node is not None and (
-            not mutable or time.monotonic() - node.resolved_at < self.root.tag_ttl
+            is_digest(reference) or time.monotonic() - node.resolved_at < self.root.tag_ttl
         ):
             return node
+        return None
+
+    async def _image(self, reference: str) -> ImageDir | None:
+        node = self._resolved(reference)
+        if node is not None:
+            return node
+        lock = self._resolving.setdefault(reference, trio.Lock())
+        async with lock:  # parallel lookups of one tag: one request, not one each
+            node = self._resolved(reference)
+            if node is not None:
+                return node
+            return await self._resolve(reference)
+
+    async def _resolve(self, reference: str) -> ImageDir | None:
+        node = self._images.get(reference)  # a tag's past resolution, to re-check
         try:
-            doc = await self.store.document(self.path, reference)
+            doc = await self.store.document(
+                self.repository, reference, current=None if node is None else node.doc
+            )
         except NotFoundError:
             self._images.pop(reference, None)
             return None
+        self.confirmed = True
         if node is not None and node.doc.digest == doc.digest:
             node.resolved_at = time.monotonic()
             return node
-        node = self.root.images.directory(reference, self.path, doc, mutable=mutable)
+        mutable = not is_digest(reference)
+        node = self.root.images.directory(reference, self.repository, doc, mutable=mutable)
         self._images[reference] = node
         return node
 
@@ -268,7 +354,7 @@ class TagDir(Dir):
     async def image(self) -> ImageDir:
         image = await self.repo._image(self.name)  # re-resolved after the tag TTL
         if image is None:
-            raise NotFoundError(f"{self.repo.path}:{self.name}")
+            raise NotFoundError(f"{self.repo.repository}:{self.name}")
         self.bound = image
         return image
 

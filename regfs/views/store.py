@@ -23,12 +23,24 @@ class Store(Protocol):
         """Only what the disk cache holds is there: nothing is asked of the network."""
         ...
 
-    async def document(self, repo: str, reference: str) -> mf.Document:
-        """A manifest or index by tag or digest. NotFoundError when there is none."""
+    @property
+    def default_namespace(self) -> str | None:
+        """Where a one-component name lives (`library` on Docker Hub), or None: `alpine` is
+        then `library/alpine`, as docker spells it."""
+        ...
+
+    async def document(
+        self, repo: str, reference: str, *, current: mf.Document | None = None
+    ) -> mf.Document:
+        """A manifest or index by tag or digest. NotFoundError when there is none (also for
+        a refusal the mount has no credentials to argue with: a repository that may not
+        exist). `current`: what the tag resolved to before; it comes back as it is when the
+        tag still resolves to it, checked without fetching the manifest again."""
         ...
 
     async def tags(self, repo: str) -> list[str]:
-        """Sorted tags. NotFoundError: no such repository; AuthError: the list is refused."""
+        """Sorted tags. NotFoundError: no such repository (with status 401/403: refused to a
+        mount without credentials, which may be that); AuthError: the list is refused."""
         ...
 
     async def catalog(self) -> list[str] | None:

@@ -95,6 +95,7 @@ class FakeStore:
 
     host: str = "fake.example"
     offline: bool = False
+    default_namespace: str | None = None  # "library": one-component names are short names
     repos: list[str] | None = None  # the catalog; None: the registry offers none
     tag_lists: dict[str, list[str] | RegfsError] = field(default_factory=dict)
     documents: dict[tuple[str, str], mf.Document | RegfsError] = field(default_factory=dict)
@@ -118,7 +119,14 @@ class FakeStore:
     def count(self, what: str) -> int:
         return sum(1 for call in self.calls if call[0] == what)
 
-    async def document(self, repo: str, reference: str) -> mf.Document:
+    async def document(
+        self, repo: str, reference: str, *, current: mf.Document | None = None
+    ) -> mf.Document:
+        if current is not None:  # a re-check: the real store's HEAD
+            self.calls.append(("recheck", repo, reference))
+            now = self.documents.get((repo, reference))
+            if now is not None and not isinstance(now, RegfsError) and now.digest == current.digest:
+                return current
         self.calls.append(("document", repo, reference))
         found = self.documents.get((repo, reference))
         if found is None:
@@ -151,18 +159,43 @@ class FakeStore:
 
 
 @dataclass
+class FakeAuth:
+    """What RegistryStore reads of a client's RegistryAuth: whether it has credentials, and
+    the Authorization it would send (None: nothing, as with Basic and no credentials)."""
+
+    _credentials: object | None = None
+    header: str | None = None
+
+    async def authorization(self, scope: str) -> str | None:
+        return self.header
+
+
+@dataclass
 class FakeClient:
-    """What RegistryStore asks of a RegistryClient. `failure`: every call raises it."""
+    """What RegistryStore asks of a RegistryClient. `failure`: every call raises it.
+    `head_digests`: whether a HEAD of a manifest says its digest (Docker-Content-Digest)."""
 
     host: str
     documents: dict[tuple[str, str], mf.Document] = field(default_factory=dict)
     tag_lists: dict[str, list[str]] = field(default_factory=dict)
     repos: list[str] | None = None
     failure: RegfsError | None = None
+    head_digests: bool = True
+    auth: FakeAuth = field(default_factory=FakeAuth)
     calls: list[tuple[str, ...]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.address = parse_registry(self.host)
+
+    def count(self, what: str) -> int:
+        return sum(1 for call in self.calls if call[0] == what)
+
+    async def head_manifest(self, repo: str, reference: str) -> str | None:
+        self._check("head", repo, reference)
+        found = self.documents.get((repo, reference))
+        if found is None:
+            raise NotFoundError(f"{self.host}: {repo}:{reference}")
+        return found.digest if self.head_digests else None
 
     def _check(self, *call: str) -> None:
         self.calls.append(call)

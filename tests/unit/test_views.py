@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 
 import pytest
+import trio
 
 from regfs.cache import BlockCache
 from regfs.errors import AuthError, NotFoundError, TransientError
@@ -145,9 +146,13 @@ async def test_without_a_catalog_names_are_found_by_asking(cache: BlockCache) ->
     assert isinstance(await view.walk("library"), RepoDir)
     assert isinstance(await view.walk("library/hello"), RepoDir)
     assert isinstance(await view.walk("library/hello/latest"), TagDir)
-    # No tag of that name: it may still be a repository, an empty one as far as we know.
+    # No tag of that name: it may still be a repository; its tag list says it is none.
     assert isinstance(await view.walk("library/hello/nope"), RepoDir)
-    assert await view.names("library/hello/nope") == []
+    with pytest.raises(NotFoundError):  # ENOENT, not an empty directory
+        await view.names("library/hello/nope")
+    # What was reached by name is listed: nothing else says what is there.
+    assert await view.names("library") == ["hello"]
+    assert await view.names("") == [".regfs", "library"]
 
 
 async def test_invalid_names_ask_nothing(cache: BlockCache) -> None:
@@ -294,3 +299,151 @@ async def test_mirror_fallback_through_the_store(cache: BlockCache) -> None:
     with pytest.raises(NotFoundError):
         await store.document("library/hello", "gone")
     assert isinstance(await view.walk("library/hello/gone"), RepoDir)  # not a tag, then
+
+
+# -- spending as few pulls as docker does ---------------------------------------------------
+
+
+async def test_a_tag_past_its_ttl_is_rechecked_not_fetched(cache: BlockCache) -> None:
+    store = hello_store()
+    view = View(store, cache, tag_ttl=0.0)  # every lookup re-checks
+    first = await view.walk("library/hello/latest")
+    assert store.calls.count(("document", "library/hello", "latest")) == 1
+    store.calls.clear()
+    assert await view.walk("library/hello/latest") is first  # the same image, same inode
+    assert await view.read("library/hello/latest/manifest.json") == (await first.image()).doc.raw
+    assert store.count("document") == 0 and store.count("recheck") >= 2
+    assert store.count("tags") == 0
+    # Moved: the re-check finds out, and the new image is fetched once.
+    moved = make_image(b"moved layer")
+    store.add("library/hello", "latest", moved)
+    store.calls.clear()
+    new = await view.walk("library/hello/latest")
+    assert new is not first
+    assert [c for c in store.calls if c[0] != "catalog"] == [
+        ("recheck", "library/hello", "latest"),
+        ("document", "library/hello", "latest"),
+    ]
+
+
+async def test_parallel_lookups_of_a_tag_resolve_it_once(cache: BlockCache) -> None:
+    store = hello_store()
+    view = View(store, cache)
+    hello = await view.walk("library/hello")
+    found: list[Node] = []
+
+    async def look() -> None:
+        found.append(await view.table.lookup(hello.inode, "latest"))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(8):
+            nursery.start_soon(look)
+    assert len(found) == 8 and all(node is found[0] for node in found)
+    assert store.calls.count(("document", "library/hello", "latest")) == 1
+
+
+def hub_store() -> FakeStore:
+    """Docker Hub as the views see it: no catalog, `library` answers nothing (401 there,
+    the ENOENT of a repository that does not exist), library/hello is a repository."""
+    store = FakeStore(repos=None)
+    store.add("library/hello", "latest", make_image(b"hello layer"))
+    return store
+
+
+async def test_no_namespace_probe_for_a_path_known_to_be_a_repository(
+    cache: BlockCache,
+) -> None:
+    store = hub_store()
+    view = View(store, cache, tag_ttl=0.0)
+    await view.read("library/hello/latest/manifest.json")
+    assert ("document", "library", "hello") in store.calls  # the first time: is it a tag?
+    store.calls.clear()
+    await view.read("library/hello/latest/manifest.json")
+    assert [c for c in store.calls if c[0] != "catalog"] == [
+        ("recheck", "library/hello", "latest")
+    ] * store.count("recheck")
+    assert store.count("recheck") >= 1
+
+
+async def test_a_refused_probe_is_not_asked_twice(cache: BlockCache) -> None:
+    # With credentials on Docker Hub, `library` is refused (EACCES), library/hello answers.
+    store = hub_store()
+    store.tag_lists["library"] = AuthError("401")
+    store.documents[("library", "hello")] = AuthError("401")
+    view = View(store, cache)
+    assert isinstance(await view.walk("library/hello"), RepoDir)
+    assert store.calls.count(("document", "library", "hello")) == 1
+    assert await view.names("library") == ["hello"]  # reached, though the list is refused
+
+
+async def test_without_a_catalog_a_missing_repository_is_enoent_a_refusal_eacces(
+    cache: BlockCache,
+) -> None:
+    store = hub_store()
+    store.tag_lists["private/thing"] = AuthError("401")
+    view = View(store, cache)
+    with pytest.raises(NotFoundError):
+        await view.names("nosuch")
+    with pytest.raises(NotFoundError):
+        await view.names("library/nosuch")
+    with pytest.raises(AuthError):
+        await view.names("private/thing")
+    assert await view.names("") == [".regfs"]  # nothing reached yet
+
+
+async def test_a_short_name_is_the_default_namespace_s_repository(cache: BlockCache) -> None:
+    store = hello_store()
+    store.default_namespace = "library"
+    store.repos = ["library/hello", "someone/tool"]
+    store.add("someone/tool", "1", make_image(b"tool"))
+    view = View(store, cache)
+    assert await view.names("") == [".regfs", "library", "someone"]  # by their full names
+    short = await view.walk("hello")
+    assert isinstance(short, RepoDir) and short.repository == "library/hello"
+    assert await view.names("hello") == ["latest", "v1"]
+    image = store.documents[("library/hello", "latest")]
+    assert await view.read("hello/latest/manifest.json") == image.raw
+    assert await view.read("library/hello/latest/manifest.json") == image.raw
+    # Two components are literal, as docker takes them: someone/tool, not library/someone/….
+    assert await view.names("someone") == ["tool"]
+    assert isinstance(await view.walk("someone/tool/1"), TagDir)
+    assert ("tags", "library/someone") not in store.calls
+    with pytest.raises(NotFoundError):
+        await view.walk("nosuch")  # neither nosuch/… nor library/nosuch in the catalog
+    # Without the default namespace a short name is only itself.
+    plain = hello_store()
+    with pytest.raises(NotFoundError):
+        await View(plain, cache).walk("hello")
+
+
+async def test_a_short_name_without_a_catalog(cache: BlockCache) -> None:
+    store = hub_store()
+    store.default_namespace = "library"
+    view = View(store, cache)
+    assert isinstance(await view.walk("hello/latest"), TagDir)
+    assert ("document", "library/hello", "latest") in store.calls
+    assert ("document", "hello", "latest") not in store.calls
+    assert await view.names("") == [".regfs"]  # a short name is not listed
+    await view.walk("library/hello/latest")
+    assert await view.names("") == [".regfs", "library"]
+
+
+async def test_a_refusal_to_a_mount_without_credentials_is_enoent_where_eacces_was(
+    cache: BlockCache,
+) -> None:
+    # What the store makes of Docker Hub's 401s when the mount has no credentials.
+    def refusal(repo: str) -> NotFoundError:
+        return NotFoundError(f"pull access denied for {repo}", status=401)
+
+    store = hub_store()
+    for repo in ("library", "library/nosuch"):
+        store.tag_lists[repo] = refusal(repo)
+    store.documents[("library", "nosuch")] = refusal("library")
+    store.documents[("library", "hello")] = refusal("library")
+    view = View(store, cache)
+    with pytest.raises(NotFoundError, match="library/nosuch"):
+        await view.walk("library/nosuch")  # at the lookup: an empty directory would hide it
+    with pytest.raises(NotFoundError):
+        await view.names("library")
+    assert isinstance(await view.walk("library/hello/latest"), TagDir)  # what exists, works
+    assert await view.names("library") == ["hello"]
