@@ -102,7 +102,12 @@ class RootDir(Dir):
         self.started = started
         self.catalog = Catalog(store, options.tag_ttl)
         self.images = ImageViews(
-            store, cache, platform=options.platform, builders=image_views, started=started
+            store,
+            cache,
+            platform=options.platform,
+            builders=image_views,
+            started=started,
+            referrers_ttl=options.tag_ttl,  # referrers are found through tags: same freshness
         )
         self.control = control
         self._subdirs: dict[str, RepoDir] = {}
