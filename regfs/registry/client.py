@@ -17,13 +17,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
-from urllib.parse import urlsplit
 
 import httpx
 import trio
@@ -419,16 +419,31 @@ def _redirect_target(response: httpx.Response) -> httpx.URL:
         ) from exc
 
 
+# RFC 8288: `<target>; name=value; name="value", <target>; ...`
+_LINK_VALUE = re.compile(
+    r'\s*<([^<>]*)>((?:\s*;\s*[^;,=\s"]+\s*(?:=\s*(?:"[^"]*"|[^;,"]*))?)*)\s*(?:,|\Z)'
+)
+_LINK_PARAM = re.compile(r';\s*([^;,=\s"]+)\s*(?:=\s*("[^"]*"|[^;,"]*))?')
+
+
 def _next_link(header: str | None, base: httpx.URL) -> str | None:
-    """The path of a `Link: <...>; rel="next"` header, on the registry's own origin."""
-    if not header:
-        return None
-    for part in header.split(","):
-        if 'rel="next"' in part or "rel=next" in part:
-            target = part.split(";")[0].strip().strip("<>")
-            url = base.join(target)
-            if not same_origin(url, base):
-                return None
-            parts = urlsplit(str(url))
-            return parts.path + (f"?{parts.query}" if parts.query else "")
+    """The path (and query) of a `Link: <...>; rel="next"` header, on the registry's own
+    origin; None when there is none, the header is malformed, or it points elsewhere."""
+    text, position = header or "", 0
+    while position < len(text):
+        value = _LINK_VALUE.match(text, position)
+        if value is None:
+            return None
+        position = value.end()
+        params = {n.lower(): v.strip().strip('"') for n, v in _LINK_PARAM.findall(value[2])}
+        if "next" not in params.get("rel", "").lower().split():
+            continue
+        try:
+            url = base.join(value[1].strip())
+            path = url.raw_path.decode("ascii")
+        except (httpx.InvalidURL, ValueError, UnicodeError):
+            return None
+        if not same_origin(url, base) or not path.startswith("/"):
+            return None
+        return path
     return None
