@@ -6,7 +6,9 @@ by SSL_CERT_FILE and SSL_CERT_DIR when they are set, plus the CA files a mount a
 (--ca-cert for the registry, its token realm and its CDN redirects; --foreign-ca-cert for
 foreign-layer hosts). Each adds to the others: OpenSSL alone would let SSL_CERT_FILE replace
 the system bundle on Linux, and truststore alone ignores both variables on macOS and Windows,
-so both are loaded here explicitly, and on Linux the compiled-in system locations too.
+so both are loaded here explicitly, and on Linux the compiled-in system locations too. A
+Linux system with no CA store at all (no ca-certificates package) gets certifi's bundle,
+httpx's own default, rather than trusting nothing.
 
 `verification_failure` finds, in a failed connect, the verifier's own reason ("self-signed
 certificate in certificate chain"), which on trio sits a few causes deep under an empty
@@ -22,12 +24,22 @@ import ssl
 import sys
 from collections.abc import Mapping, Sequence
 
+import certifi
 import truststore
 
 from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+# Where distributions keep their CA bundle (truststore's list, after certifi-system-store).
+_SYSTEM_BUNDLES = (
+    "/etc/ssl/cert.pem",
+    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
+    "/etc/pki/tls/cert.pem",
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/ssl/ca-bundle.pem",
+)
+_HASHED_NAME = re.compile(r"[0-9a-fA-F]{8}\.[0-9]")
 _SSL_NOISE = re.compile(r"^\[[A-Z0-9_ :]+\]\s*|\s*\(_ssl\.c:\d+\)$")
 
 
@@ -58,6 +70,11 @@ def trust_context(
         # OpenSSL's own defaults, loaded whatever the variables say, so they add to them.
         defaults = ssl.get_default_verify_paths()
         _load(context, cafile=defaults.openssl_cafile, capath=defaults.openssl_capath)
+        if not _system_store_present(defaults):
+            # A system without ca-certificates: certifi's bundle (httpx's own default) rather
+            # than trusting nothing at all.
+            log.debug("no system CA store found; using certifi's bundle")
+            _load(context, cafile=certifi.where())
     cert_file = env.get("SSL_CERT_FILE", "")
     if cert_file:
         if os.path.isfile(cert_file):
@@ -78,6 +95,20 @@ def trust_context(
         check_ca_file(path)
         context.load_verify_locations(cafile=path)
     return context
+
+
+def _system_store_present(defaults: ssl.DefaultVerifyPaths) -> bool:
+    """Whether a system CA bundle or hashed directory exists where OpenSSL or truststore
+    looks for one on Linux and the BSDs."""
+    files = [defaults.openssl_cafile, *_SYSTEM_BUNDLES]
+    if any(path and os.path.isfile(path) for path in files):
+        return True
+    capath = defaults.openssl_capath
+    return (
+        bool(capath)
+        and os.path.isdir(capath)
+        and any(_HASHED_NAME.fullmatch(name) for name in os.listdir(capath))
+    )
 
 
 def _load(context: ssl.SSLContext, *, cafile: str | None = None, capath: str | None = None) -> None:

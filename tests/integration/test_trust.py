@@ -404,3 +404,19 @@ async def test_a_bare_client_trusts_ssl_cert_file(
         assert hashlib.sha256(response.content).hexdigest() in world.image.layers[0].digest
     finally:
         await http.aclose()
+
+
+async def test_insecure_is_for_the_registry_side_only(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--insecure skips verification of the registry and what shares its client (realm, CDN
+    redirects), never of a foreign host."""
+    restrict_env(monkeypatch)
+    client = RegistryClient(parse_registry(world.registry.url), insecure=True, retry=FAST_RETRY)
+    try:
+        assert "trust" in await client.list_tags("windows/servercore")  # registry and realm
+        with pytest.raises(UntrustedCertificateError) as info:
+            await _fetch_all(_source(client, world.image))
+    finally:
+        await client.aclose()
+    assert info.value.host == netloc(world.foreign.url)

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import logging
 import ssl
+import sys
 from pathlib import Path
 
+import certifi
 import pytest
 import trustme
 
 from regfs.cli import build_parser, config_from, helper_args
 from regfs.errors import ConfigError
+from regfs.registry import tls
 from regfs.registry.tls import check_ca_file, trust_context, verification_failure
 from tests.unit.certs import SELF_SIGNED, untrusted_connect
 
@@ -121,3 +124,34 @@ def test_foreign_ca_cert_in_the_helper_form() -> None:
     )
     assert argv[argv.index("--foreign-ca-cert") + 1] == "/a.pem"
     assert argv.count("--foreign-ca-cert") == 2 and "/b.pem" in argv
+
+
+def test_a_system_without_a_ca_store_falls_back_to_certifi(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tls, "_SYSTEM_BUNDLES", ())
+    empty = ssl.DefaultVerifyPaths(
+        None, None, "SSL_CERT_FILE", str(tmp_path / "cert.pem"), "SSL_CERT_DIR", str(tmp_path)
+    )  # type: ignore[call-arg]
+    assert not tls._system_store_present(empty)
+    (tmp_path / "0123abcd.0").write_text("")
+    assert tls._system_store_present(empty)
+
+    loaded: list[str | None] = []
+    real_load = tls._load
+
+    def recording_load(
+        context: ssl.SSLContext, *, cafile: str | None = None, capath: str | None = None
+    ) -> None:
+        loaded.append(cafile)
+        real_load(context, cafile=cafile, capath=capath)
+
+    monkeypatch.setattr(tls, "_load", recording_load)
+    monkeypatch.setattr(tls, "_system_store_present", lambda defaults: False)
+    trust_context(environ={})
+    if sys.platform not in ("darwin", "win32"):
+        assert certifi.where() in loaded
+    monkeypatch.setattr(tls, "_system_store_present", lambda defaults: True)
+    loaded.clear()
+    trust_context(environ={})
+    assert certifi.where() not in loaded
