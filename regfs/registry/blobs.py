@@ -226,11 +226,10 @@ class BlobSource:
                 elif place.foreign and isinstance(exc, NotFoundError | ForbiddenURLError):
                     self.dead_urls[str(place.url)] = exc
                     log.info(
-                        "blob %s: foreign URL %s%s is dead (%s); trying the next one",
-                        self.digest[:19],
+                        "%s; not asking foreign URL %s%s again",
+                        in_context(f"blob {self.digest[:19]}", exc),
                         url_host(place.url),
                         place.url.path,
-                        exc,
                     )
                 elif not isinstance(exc, NotFoundError):
                     raise  # the registry's answer, or a foreign URL's, other than 404

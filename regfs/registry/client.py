@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -51,6 +50,7 @@ from .http import (
     url_host,
 )
 from .httpclient import make_http_client
+from .link import next_link
 from .retry import RetryPolicy as RetryPolicy  # re-exported: callers build clients with it
 from .token import RegistryAuth
 
@@ -349,7 +349,7 @@ class RegistryClient:
                 ) from exc
             values = page.get(key) if isinstance(page, dict) else None
             items.extend(v for v in (values or []) if isinstance(v, str))
-            next_path = _next_link(response.headers.get("link"), self.base)
+            next_path = next_link(response.headers.get("link"), self.base)
         return items
 
     async def blob_size(self, repo: str, digest: str) -> int:
@@ -417,33 +417,3 @@ def _redirect_target(response: httpx.Response) -> httpx.URL:
         raise ProtocolError(
             f"{host} sent an invalid redirect", host=host, status=response.status_code
         ) from exc
-
-
-# RFC 8288: `<target>; name=value; name="value", <target>; ...`
-_LINK_VALUE = re.compile(
-    r'\s*<([^<>]*)>((?:\s*;\s*[^;,=\s"]+\s*(?:=\s*(?:"[^"]*"|[^;,"]*))?)*)\s*(?:,|\Z)'
-)
-_LINK_PARAM = re.compile(r';\s*([^;,=\s"]+)\s*(?:=\s*("[^"]*"|[^;,"]*))?')
-
-
-def _next_link(header: str | None, base: httpx.URL) -> str | None:
-    """The path (and query) of a `Link: <...>; rel="next"` header, on the registry's own
-    origin; None when there is none, the header is malformed, or it points elsewhere."""
-    text, position = header or "", 0
-    while position < len(text):
-        value = _LINK_VALUE.match(text, position)
-        if value is None:
-            return None
-        position = value.end()
-        params = {n.lower(): v.strip().strip('"') for n, v in _LINK_PARAM.findall(value[2])}
-        if "next" not in params.get("rel", "").lower().split():
-            continue
-        try:
-            url = base.join(value[1].strip())
-            path = url.raw_path.decode("ascii")
-        except (httpx.InvalidURL, ValueError, UnicodeError):
-            return None
-        if not same_origin(url, base) or not path.startswith("/"):
-            return None
-        return path
-    return None

@@ -486,7 +486,11 @@ async def test_refused_token_for_a_blob_is_auth_error_with_codes(
 # a dead foreign URL, asked once
 
 
-async def test_a_dead_first_foreign_url_is_asked_once(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_dead_first_foreign_url_is_asked_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="regfs.registry.blobs")
+
     def foreign(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/gone":
             return httpx.Response(404)
@@ -499,6 +503,9 @@ async def test_a_dead_first_foreign_url_is_asked_once(monkeypatch: pytest.Monkey
         assert await fetch(blob, start, start + 2500) == DATA[start : start + 2500]
     paths = [r.url.path for r in server.requests if r.url.host != "auth.example"]
     assert paths.count("/gone") == 1
+    (dead,) = [r.getMessage() for r in caplog.records if "not asking" in r.getMessage()]
+    assert dead.endswith("; not asking foreign URL foreign.example/gone again")
+    assert dead.count(DIGEST[:19]) == 1
     assert paths.count("/layer") == 4
     assert paths.count(BLOB_PATH) <= 2  # the registry's 404 (and its 401) once: it is foreign
 

@@ -37,8 +37,8 @@ from regfs.oci.reference import (
     registry_key,
 )
 from regfs.registry.challenge import Challenge, choose_challenge, parse_challenges
-from regfs.registry.client import _next_link
 from regfs.registry.http import parse_content_range, parse_retry_after, same_origin
+from regfs.registry.link import next_link
 
 PROPERTY = settings(
     max_examples=150,
@@ -290,7 +290,7 @@ _paths = st.text(alphabet=string.ascii_letters + string.digits + "/_-.~%?&=:;@+"
 @PROPERTY
 @given(st.one_of(any_text, st.builds('<{}>; rel="next"'.format, any_text)))
 def test_next_link_is_none_or_a_path_on_the_registry(header: str) -> None:
-    path = _next_link(header, BASE)
+    path = next_link(header, BASE)
     if path is not None:
         assert path.startswith("/")
         assert same_origin(BASE.join(path), BASE)
@@ -300,9 +300,9 @@ def test_next_link_is_none_or_a_path_on_the_registry(header: str) -> None:
 @given(_paths)
 def test_a_next_link_on_the_registry_is_followed(path: str) -> None:
     target = "/v2/_catalog?n=100&last=" + path.replace(">", "").replace(",", "")
-    found = _next_link(f'<{target}>; rel="next"', BASE)
+    found = next_link(f'<{target}>; rel="next"', BASE)
     assert found is not None and found.startswith("/v2/_catalog")
-    assert _next_link(f'<https://elsewhere.example{target}>; rel="next"', BASE) is None
+    assert next_link(f'<https://elsewhere.example{target}>; rel="next"', BASE) is None
 
 
 # --------------------------------------------------------------------------------------------
