@@ -24,6 +24,7 @@ from .dirs import default_cache_dir
 from .errors import RegfsError
 from .mount import MountConfig, run, unmount
 from .oci.platform import host_platform_default, parse_platform
+from .registry.tls import check_ca_file
 from .views.registry import Options
 
 EXIT_FAILURE = 1
@@ -47,6 +48,14 @@ def _regex(text: str) -> str:
         re.compile(text)
     except re.error as exc:
         raise argparse.ArgumentTypeError(f"invalid regular expression {text!r}: {exc}") from None
+    return text
+
+
+def _ca_file(text: str) -> str:
+    try:
+        check_ca_file(text)
+    except RegfsError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return text
 
 
@@ -141,7 +150,21 @@ def add_mount_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--offline", action="store_true", help="serve only what is cached")
     p.add_argument("--insecure", action="store_true", help="skip TLS verification of this registry")
-    p.add_argument("--ca-cert", metavar="FILE", help="CA bundle for this registry")
+    p.add_argument(
+        "--ca-cert",
+        type=_ca_file,
+        metavar="FILE",
+        help="CA bundle trusted for this registry, its token realm and CDN redirects, "
+        "on top of the system's (and SSL_CERT_FILE / SSL_CERT_DIR)",
+    )
+    p.add_argument(
+        "--foreign-ca-cert",
+        type=_ca_file,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="CA bundle trusted for foreign-layer hosts, on top of the system's (repeatable)",
+    )
     p.add_argument(
         "--timeout",
         type=float,
@@ -261,6 +284,7 @@ def config_from(args: argparse.Namespace) -> MountConfig:
         foreign_url_allow=args.foreign_url_allow,
         insecure=args.insecure,
         ca_cert=args.ca_cert,
+        foreign_ca_certs=args.foreign_ca_cert,
         fuse_options=args.fuse_options,
         foreground=args.foreground,
         debug=args.debug,
@@ -283,6 +307,7 @@ HELPER_VALUES = {
     "foreign_url_allow": "--foreign-url-allow",
     "mirror": "--mirror",
     "ca_cert": "--ca-cert",
+    "foreign_ca_cert": "--foreign-ca-cert",
     "timeout": "--timeout",
 }
 HELPER_FLAGS = {"offline", "insecure", "foreground", "debug"}

@@ -8,12 +8,19 @@ RegfsError
 │   │                          (.host, .status, .digest, .codes: what is known of where and why)
 │   ├── NotFoundError          404 / *_UNKNOWN: the thing does not exist there
 │   ├── AuthError              401/403 that credentials could not fix
+│   │   └── UntrustedRegistryCertificateError   (see UntrustedCertificateError below)
 │   ├── TransientError         worth retrying: 408, 5xx, resets, timeouts (.retry_after)
-│   │   └── RateLimitedError   429, with the server's Retry-After
+│   │   └── RateLimitedError   429, with the server's Retry-After (also: waiting it out is
+│   │                          more than the operation may, a sustained rate limit)
 │   ├── ProtocolError          the server broke the protocol (bad Content-Range, too large, ...)
-│   └── ForbiddenURLError      a foreign URL or redirect refused by policy
+│   ├── ForbiddenURLError      a foreign URL or redirect refused by policy
+│   └── UntrustedCertificateError   a TLS certificate not trusted (.reason), never retried:
+│       │                          of a CDN or foreign host (EIO)
+│       └── UntrustedRegistryCertificateError   of the registry or its token realm; also
+│                                  an AuthError (EACCES)
 ├── IntegrityError             bytes that do not match their digest (.digest)
-└── OfflineError               --offline and the thing is not cached
+├── OfflineError               --offline and the thing is not cached
+└── ConfigError                an option, environment variable or file it names that is unusable
 
 The fields are context for callers and logs; the message stays complete on its own, so
 `raise NotFoundError("text")` is as good as ever where nothing more is known.
@@ -95,6 +102,33 @@ class ForbiddenURLError(RegistryError):
     """A URL (foreign layer or redirect target) refused by policy."""
 
 
+class UntrustedCertificateError(RegistryError):
+    """A TLS certificate that does not verify against what regfs trusts (the system store,
+    SSL_CERT_FILE / SSL_CERT_DIR, --ca-cert or --foreign-ca-cert). Not transient: asking
+    again cannot change the answer. `reason` is the verifier's own words ("self-signed
+    certificate in certificate chain", "Hostname mismatch, ...").
+
+    As such, from a CDN or a foreign host: the blob cannot be read (EIO)."""
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        reason: str = "",
+        host: str | None = None,
+        status: int | None = None,
+        digest: str | None = None,
+        codes: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(message, host=host, status=status, digest=digest, codes=codes)
+        self.reason = reason
+
+
+class UntrustedRegistryCertificateError(UntrustedCertificateError, AuthError):
+    """The registry's, or its token realm's, certificate is not trusted: access is refused,
+    as for credentials that do not work (EACCES)."""
+
+
 class IntegrityError(RegfsError):
     """Bytes whose digest does not match the one they were asked for by."""
 
@@ -105,3 +139,8 @@ class IntegrityError(RegfsError):
 
 class OfflineError(RegfsError):
     """--offline is set and what was asked for is not in the cache."""
+
+
+class ConfigError(RegfsError, ValueError):
+    """An option, an environment variable, or a file one of them names, that cannot be used
+    (a CA file that holds no certificate, ...)."""

@@ -61,6 +61,7 @@ class MountConfig:
     foreign_url_allow: list[str] = field(default_factory=list)
     insecure: bool = False
     ca_cert: str | None = None
+    foreign_ca_certs: list[str] = field(default_factory=list)  # --foreign-ca-cert
     fuse_options: list[str] = field(default_factory=list)
     foreground: bool = False
     debug: bool = False
@@ -181,6 +182,7 @@ def build_services(config: MountConfig, stats: Stats) -> Services:
         address,
         credentials=load_credentials(address.host),
         ca_cert=config.ca_cert,
+        foreign_ca_certs=config.foreign_ca_certs,
         insecure=config.insecure,
         retry=RetryPolicy(),
         stats=stats,

@@ -258,7 +258,9 @@ def _subject(obj: Mapping[str, Any]) -> Descriptor | None:
     return None if obj.get("subject") is None else _descriptor(obj["subject"], "subject")
 
 
-def _b64url(text: str) -> bytes:
+def _b64url(text: object) -> bytes:
+    if not isinstance(text, str):
+        raise ManifestError("schema 1 signature: not base64 text")
     try:
         return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError) as exc:
@@ -278,7 +280,7 @@ def schema1_payload(raw: bytes) -> bytes:
     if not isinstance(signatures, list):
         raise ManifestError("schema 1: signatures is not a list")
     protected = _object(
-        json.loads(_b64url(_object(signatures[0], "signature").get("protected", ""))), "protected"
+        _loads(_b64url(_object(signatures[0], "signature").get("protected", ""))), "protected"
     )
     length, tail = protected.get("formatLength"), protected.get("formatTail")
     if not isinstance(length, int) or not isinstance(tail, str) or not 0 < length <= len(raw):
@@ -289,7 +291,7 @@ def schema1_payload(raw: bytes) -> bytes:
 def _loads(raw: bytes) -> Any:
     try:
         return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # nested past Python's stack
         raise ManifestError(f"not valid JSON: {exc}") from exc
 
 

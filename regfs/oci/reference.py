@@ -122,7 +122,10 @@ def parse_registry(value: str) -> RegistryAddress:
     text = value.strip()
     scheme = "https"
     if "://" in text:
-        parts = urlsplit(text)
+        try:
+            parts = urlsplit(text)
+        except ValueError:  # "http://[": an unclosed IPv6 bracket
+            raise InvalidReferenceError(f"invalid registry: {value!r}") from None
         if parts.scheme not in ("http", "https") or parts.path not in ("", "/"):
             raise InvalidReferenceError(
                 f"invalid registry: {value!r} (use host[:port] or http(s)://host[:port])"

@@ -4,7 +4,9 @@ Order of places (`fallback_order`, and `mirror_falls_through` for which failures
 hand over, as for documents): pull-through mirrors, the registry (following its redirects to
 a CDN, whose final URL is remembered and re-resolved when it fails before a byte arrives —
 signed URLs expire), then, when the registry answers 404, the descriptor's foreign `urls`,
-each vetted by the ForeignURLPolicy on every hop and never sent credentials.
+each vetted by the ForeignURLPolicy on every hop and never sent credentials. A foreign URL
+that answered 404 or was refused by policy is dead for the life of the BlobSource: later
+ranges go straight to the next URL.
 
 `BlobSource.fetch(start, end, sink)` delivers exactly bytes [start, end) in order. A cut
 connection resumes at the exact next offset; a server that ignores Range is read past the
@@ -26,12 +28,18 @@ from ..errors import ForbiddenURLError, NotFoundError, ProtocolError, RegistryEr
 from ..oci.manifest import Descriptor
 from .client import RegistryClient, pull_scope
 from .fallback import fallback_order, mirror_falls_through
-from .http import drain_error, status_error, transport_error, url_host
+from .http import (
+    drain_error,
+    in_context,
+    parse_content_range,
+    status_error,
+    transport_error,
+    url_host,
+)
 
 log = logging.getLogger(__name__)
 
 Sink = Callable[[bytes], Awaitable[None]]
-_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
 class ForeignURLPolicy:
@@ -108,6 +116,8 @@ class BlobSource:
         # registry (or the foreign URL) is asked again.
         self.redirect_cache: httpx.URL | None = None
         self.foreign_redirects: dict[str, httpx.URL] = {}
+        # Foreign URLs that answered 404 or were refused by policy, with that answer.
+        self.dead_urls: dict[str, NotFoundError | ForbiddenURLError] = {}
         self.registry_lacks_it = False  # a foreign layer: its urls served it
         self.floor = bytes_per_second_floor
         self.allowance = 60.0  # seconds every attempt gets on top of the floor rate
@@ -165,10 +175,13 @@ class BlobSource:
                 attempts_without_progress += 1
                 if attempts_without_progress >= policy.attempts:
                     raise
+                delay = policy.wait(attempts_without_progress - 1, exc)
                 self.client.stats.retries += 1
-                delay = policy.delay(attempts_without_progress - 1, exc.retry_after)
                 log.info(
-                    "blob %s: %s; resuming at %d in %.1fs", self.digest[:19], exc, position, delay
+                    "%s; resuming at %d in %.1fs",
+                    in_context(f"blob {self.digest[:19]}", exc),
+                    position,
+                    delay,
                 )
                 await trio.sleep(delay)
 
@@ -188,8 +201,12 @@ class BlobSource:
                     f"blob {self.digest[:19]} is foreign", digest=self.digest
                 )
                 continue
-            if place.foreign and not isinstance(last_error, NotFoundError):
+            if place.foreign and not isinstance(last_error, NotFoundError | ForbiddenURLError):
                 break  # foreign URLs stand in only for a blob the registry does not hold
+            dead = self.dead_urls.get(str(place.url)) if place.foreign else None
+            if dead is not None:
+                last_error = dead  # asked once already: its answer will not change
+                continue
             try:
                 await self._fetch_place(place, start, end, counting)
                 if place.foreign:
@@ -198,7 +215,7 @@ class BlobSource:
             except RegistryError as exc:
                 if delivered:  # resume where the bytes stopped, wherever they come from next
                     raise TransientError(
-                        f"blob {self.digest[:19]}: {exc}",
+                        in_context(f"blob {self.digest[:19]}", exc),
                         host=exc.host,
                         status=exc.status,
                         digest=self.digest,
@@ -206,6 +223,14 @@ class BlobSource:
                     ) from exc
                 if place.mirror and mirror_falls_through(exc):
                     log.info("mirror %s: %s; falling through", place.client.address, exc)
+                elif place.foreign and isinstance(exc, NotFoundError | ForbiddenURLError):
+                    self.dead_urls[str(place.url)] = exc
+                    log.info(
+                        "%s; not asking foreign URL %s%s again",
+                        in_context(f"blob {self.digest[:19]}", exc),
+                        url_host(place.url),
+                        place.url.path,
+                    )
                 elif not isinstance(exc, NotFoundError):
                     raise  # the registry's answer, or a foreign URL's, other than 404
                 last_error = exc
@@ -287,9 +312,7 @@ class BlobSource:
                     if position >= end and response.status_code != 206:
                         return  # the rest of a whole body we did not ask for
             except httpx.HTTPError as exc:
-                raise transport_error(
-                    exc, f"{what} at {host}", host=host, digest=self.digest
-                ) from exc
+                raise transport_error(exc, what, host=host, digest=self.digest) from exc
             # A 206 is read to its end, so its connection goes back to the pool for reuse.
             if position >= end:
                 return
@@ -311,13 +334,13 @@ class BlobSource:
             )
 
         if response.status_code == 206:
-            match = _CONTENT_RANGE.fullmatch(response.headers.get("content-range", "").strip())
-            if not match:
+            parsed = parse_content_range(response.headers.get("content-range"))
+            if parsed is None:
                 raise refused("206 without a valid Content-Range")
-            first, last, total = int(match.group(1)), int(match.group(2)), match.group(3)
-            if first != start or last < first or last > end - 1:
+            first, last, total = parsed
+            if first != start or last > end - 1:
                 raise refused(f"asked for {start}-{end - 1}, got {first}-{last}")
-            if total != "*" and self.size >= 0 and int(total) != self.size:
+            if total is not None and self.size >= 0 and total != self.size:
                 raise refused(f"size {total} is not the descriptor's {self.size}")
             return 0
         if response.status_code == 200:

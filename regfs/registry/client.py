@@ -8,8 +8,8 @@
 - one request: counted, and a failure to get an answer mapped to a regfs error.
 
 Retries wrap whole requests (`with_retries`): 408/429/5xx and connection failures, with
-jittered backoff honouring Retry-After up to a cap. Bodies read into memory are capped
-(manifests 4 MiB, tag pages 4 MiB, errors and tokens 1 MiB).
+jittered backoff honouring Retry-After up to a cap; a sustained 429 fails at once (retry.py).
+Bodies read into memory are capped (manifests 4 MiB, tag pages 4 MiB, errors and tokens 1 MiB).
 """
 
 from __future__ import annotations
@@ -17,14 +17,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import random
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
-from urllib.parse import urlsplit
 
 import httpx
 import trio
@@ -41,15 +39,19 @@ from ..oci.reference import (
 from .credentials import Credentials
 from .http import (
     MAX_SMALL_BODY,
+    Peer,
     SmallResponse,
     drain_error,
-    make_http_client,
+    in_context,
     read_small,
     same_origin,
     status_error,
     transport_error,
     url_host,
 )
+from .httpclient import make_http_client
+from .link import next_link
+from .retry import RetryPolicy as RetryPolicy  # re-exported: callers build clients with it
 from .token import RegistryAuth
 
 log = logging.getLogger(__name__)
@@ -60,19 +62,6 @@ T = TypeVar("T")
 
 # A check run on each hop of a redirect chain before connecting; raises ForbiddenURLError.
 URLCheck = Callable[[httpx.URL], Awaitable[None]]
-
-
-@dataclass
-class RetryPolicy:
-    attempts: int = 5
-    base_delay: float = 0.2
-    max_delay: float = 30.0  # cap on any one wait, Retry-After included
-
-    def delay(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(max(retry_after, 0.0), self.max_delay)
-        # Full jitter: spreads many clients' retries apart.
-        return random.uniform(0, min(self.max_delay, self.base_delay * (2**attempt)))
 
 
 @dataclass
@@ -103,8 +92,11 @@ class _Call:
 class RegistryClient:
     """One registry: auth, manifests, tags, catalog, and streamed blob responses.
 
-    `transport` replaces the network for both httpx clients (tests: httpx.MockTransport);
-    `clock` is the token state's clock (token expiry).
+    TLS: both clients trust the system's store and SSL_CERT_FILE / SSL_CERT_DIR (tls.py);
+    `ca_cert` adds a CA for the registry, its token realm and its CDN redirects (one client),
+    `insecure` skips their verification; `foreign_ca_certs` add CAs for foreign-layer hosts,
+    whose client never skips verification. `transport` replaces the network for both httpx
+    clients (tests: httpx.MockTransport); `clock` is the token state's clock (token expiry).
     """
 
     def __init__(
@@ -113,6 +105,7 @@ class RegistryClient:
         *,
         credentials: Credentials | None = None,
         ca_cert: str | None = None,
+        foreign_ca_certs: Sequence[str] = (),
         insecure: bool = False,
         timeout: float = 30.0,
         retry: RetryPolicy | None = None,
@@ -125,11 +118,14 @@ class RegistryClient:
         self.retry = retry or RetryPolicy()
         self.stats = stats or Stats()
         self.http = make_http_client(
-            ca_cert=ca_cert, insecure=insecure, timeout=timeout, transport=transport
+            ca_files=[ca_cert] if ca_cert else [],
+            insecure=insecure,
+            timeout=timeout,
+            transport=transport,
         )
         # Foreign hosts get a client that never trusts --insecure and has its own pool.
         self.foreign_http = make_http_client(
-            ca_cert=None, insecure=False, timeout=timeout, transport=transport
+            ca_files=foreign_ca_certs, insecure=False, timeout=timeout, transport=transport
         )
         self.auth = RegistryAuth(self.base, credentials, self.http, clock=clock)
 
@@ -151,8 +147,8 @@ class RegistryClient:
                 self.stats.error(exc)
                 if attempt + 1 >= self.retry.attempts:
                     raise
-                wait = self.retry.delay(attempt, exc.retry_after)
-                log.info("%s: %s; retrying in %.1fs", what, exc, wait)
+                wait = self.retry.wait(attempt, exc)
+                log.info("%s; retrying in %.1fs", in_context(what, exc), wait)
                 self.stats.retries += 1
                 await trio.sleep(wait)
         raise AssertionError("unreachable")
@@ -219,7 +215,7 @@ class RegistryClient:
             if call.check is not None:
                 await call.check(url)
             headers = self._hop_headers(url, call, authorization)
-            response = await self._send_single_request(call.method, url, headers, call.foreign)
+            response = await self._send_single_request(call, url, headers)
             if not response.is_redirect:
                 return response
             await response.aclose()
@@ -241,16 +237,19 @@ class RegistryClient:
         return headers
 
     async def _send_single_request(
-        self, method: str, url: httpx.URL, headers: dict[str, str], foreign: bool
+        self, call: _Call, url: httpx.URL, headers: dict[str, str]
     ) -> httpx.Response:
-        client = self.foreign_http if foreign else self.http
-        request = client.build_request(method, url, headers=headers)
+        client = self.foreign_http if call.foreign else self.http
+        request = client.build_request(call.method, url, headers=headers)
         self.stats.requests += 1
         try:
             return await client.send(request, stream=True, follow_redirects=False)
         except httpx.HTTPError as exc:
-            host = url_host(url)
-            raise transport_error(exc, f"{method} {host}", host=host) from exc
+            if call.foreign:
+                peer = Peer.FOREIGN
+            else:
+                peer = Peer.REGISTRY if same_origin(url, self.base) else Peer.CDN
+            raise transport_error(exc, call.what, host=url_host(url), peer=peer) from exc
 
     async def get_small(
         self,
@@ -350,7 +349,7 @@ class RegistryClient:
                 ) from exc
             values = page.get(key) if isinstance(page, dict) else None
             items.extend(v for v in (values or []) if isinstance(v, str))
-            next_path = _next_link(response.headers.get("link"), self.base)
+            next_path = next_link(response.headers.get("link"), self.base)
         return items
 
     async def blob_size(self, repo: str, digest: str) -> int:
@@ -485,18 +484,3 @@ def _redirect_target(response: httpx.Response) -> httpx.URL:
         raise ProtocolError(
             f"{host} sent an invalid redirect", host=host, status=response.status_code
         ) from exc
-
-
-def _next_link(header: str | None, base: httpx.URL) -> str | None:
-    """The path of a `Link: <...>; rel="next"` header, on the registry's own origin."""
-    if not header:
-        return None
-    for part in header.split(","):
-        if 'rel="next"' in part or "rel=next" in part:
-            target = part.split(";")[0].strip().strip("<>")
-            url = base.join(target)
-            if not same_origin(url, base):
-                return None
-            parts = urlsplit(str(url))
-            return parts.path + (f"?{parts.query}" if parts.query else "")
-    return None

@@ -3,21 +3,22 @@
 - how a host is named in messages, errors and stats (`url_host`, `response_host`);
 - what counts as the same origin (`same_origin`), for credentials and Link headers;
 - Retry-After (`parse_retry_after`): seconds, fractional seconds or an HTTP date;
+  Content-Range (`parse_content_range`);
 - bodies read into memory are capped after content decoding (`read_capped`, `read_small`);
-- status and transport failures as regfs errors (`status_error`, `transport_error`);
-- the httpx clients themselves (`make_http_client`: no cookies, identity encoding) and the
-  socket read size (`tune_read_size`).
+- status and transport failures as regfs errors (`status_error`, `transport_error`; an
+  untrusted certificate by who presented it, `Peer`);
+- the socket read size (`tune_read_size`). The httpx clients themselves are built in
+  httpclient.py.
 """
 
 from __future__ import annotations
 
 import email.utils
-import http.cookiejar
+import enum
 import json
 import logging
 import math
 import re
-import ssl
 import time
 import zlib
 from dataclasses import dataclass
@@ -34,7 +35,10 @@ from ..errors import (
     RateLimitedError,
     RegistryError,
     TransientError,
+    UntrustedCertificateError,
+    UntrustedRegistryCertificateError,
 )
+from .tls import verification_failure
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +89,23 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
     return max(0.0, when - (time.time() if now is None else now))
+
+
+_CONTENT_RANGE = re.compile(r"bytes ([0-9]{1,19})-([0-9]{1,19})/([0-9]{1,19}|\*)", re.ASCII)
+
+
+def parse_content_range(value: str | None) -> tuple[int, int, int | None] | None:
+    """(first, last, complete length or None for "*") of a 206's ``Content-Range: bytes
+    a-b/n``; None for anything else, a last byte before the first, or a last byte at or past
+    the complete length."""
+    match = _CONTENT_RANGE.fullmatch((value or "").strip())
+    if match is None:
+        return None
+    first, last = int(match.group(1)), int(match.group(2))
+    total = None if match.group(3) == "*" else int(match.group(3))
+    if last < first or (total is not None and last >= total):
+        return None
+    return first, last, total
 
 
 # --------------------------------------------------------------------------------------------
@@ -317,85 +338,75 @@ def status_error(response: SmallResponse, what: str, *, digest: str | None = Non
     return ProtocolError(where, **context)
 
 
+class Peer(enum.Enum):
+    """Who a request went to, which decides what an untrusted certificate means and how
+    the user can fix it."""
+
+    REGISTRY = "registry"  # the registry or a mirror: access refused (EACCES)
+    REALM = "token realm"  # the registry's token server: the same
+    CDN = "CDN"  # where the registry redirected a blob: the blob cannot be read (EIO)
+    FOREIGN = "foreign host"  # a foreign layer's URL or a redirect from it: the same
+
+    @property
+    def trust_hint(self) -> str:
+        option = "--foreign-ca-cert" if self is Peer.FOREIGN else "--ca-cert (or --insecure)"
+        return f"trust its CA in the system store, SSL_CERT_FILE or SSL_CERT_DIR, or with {option}"
+
+
+def in_context(what: str, exc: BaseException) -> str:
+    """`exc`'s message led by `what`, unless it already is: messages are built with the
+    request's name, and wrapping them again doubled it ("manifest a:b: manifest a:b: ...")."""
+    text = str(exc) or type(exc).__name__
+    return text if text.startswith(what) else f"{what}: {text}"
+
+
+def describe(exc: BaseException) -> str:
+    """An exception's type and the first message along its causes: on trio, httpx's
+    ConnectError and ReadError often carry none of their own."""
+    seen: BaseException | None = exc
+    for _ in range(12):
+        if seen is None:
+            break
+        text = str(seen).strip()
+        if text:
+            return f"{type(exc).__name__}: {text}"
+        seen = seen.__cause__ or seen.__context__
+    return type(exc).__name__
+
+
 def transport_error(
-    exc: httpx.HTTPError, what: str, *, host: str | None = None, digest: str | None = None
+    exc: httpx.HTTPError,
+    what: str,
+    *,
+    host: str | None = None,
+    digest: str | None = None,
+    peer: Peer = Peer.REGISTRY,
 ) -> RegistryError:
     """The error for a request that got no answer (or a broken one) from `host`."""
+    where = host or "unknown host"
     if isinstance(exc, httpx.UnsupportedProtocol):
         return ForbiddenURLError(f"{what}: {exc}", host=host, digest=digest)
-    if isinstance(exc, httpx.ConnectError) and _certificate_refused(exc):
-        return AuthError(
-            f"{what}: TLS certificate not trusted ({exc}); use --ca-cert or --insecure",
+    reason = verification_failure(exc) if isinstance(exc, httpx.ConnectError) else None
+    if reason is not None:
+        kind = (
+            UntrustedRegistryCertificateError
+            if peer in (Peer.REGISTRY, Peer.REALM)
+            else UntrustedCertificateError
+        )
+        return kind(
+            f"{what}: TLS certificate of {peer.value} {where} not trusted: {reason}; "
+            f"{peer.trust_hint}",
+            reason=reason,
             host=host,
             digest=digest,
         )
     if isinstance(exc, httpx.DecodingError):
-        return ProtocolError(f"{what}: {exc}", host=host, digest=digest)
-    return TransientError(f"{what}: {type(exc).__name__}: {exc}", host=host, digest=digest)
-
-
-def _certificate_refused(exc: BaseException) -> bool:
-    """Whether a connect failed on certificate verification. On trio the ssl error sits
-    a few causes deep and the ConnectError's own message is empty."""
-    seen: BaseException | None = exc
-    for _ in range(10):
-        if seen is None:
-            return False
-        if isinstance(seen, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(
-            seen
-        ):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+        return ProtocolError(f"{what}: {where}: {describe(exc)}", host=host, digest=digest)
+    return TransientError(f"{what}: {where}: {describe(exc)}", host=host, digest=digest)
 
 
 # --------------------------------------------------------------------------------------------
-# Clients
-
-
-class _NoCookies(http.cookiejar.CookiePolicy):
-    """Cookies are never stored, so none can follow a redirect to another host."""
-
-    netscape = True
-    rfc2965 = False
-    hide_cookie2 = True
-
-    def set_ok(self, cookie: http.cookiejar.Cookie, request: object) -> bool:
-        return False
-
-    def return_ok(self, cookie: http.cookiejar.Cookie, request: object) -> bool:
-        return False
-
-    def domain_return_ok(self, domain: str, request: object) -> bool:
-        return False
-
-    def path_return_ok(self, path: str, request: object) -> bool:
-        return False
-
-
-def make_http_client(
-    *,
-    ca_cert: str | None,
-    insecure: bool,
-    timeout: float,
-    transport: httpx.AsyncBaseTransport | None = None,
-) -> httpx.AsyncClient:
-    """An httpx client with regfs's policy: no cookies, no environment proxies, identity
-    encoding. `transport` replaces the network (tests); TLS options then do not apply."""
-    verify: ssl.SSLContext | bool = True
-    if insecure:
-        verify = False
-    elif ca_cert:
-        verify = ssl.create_default_context(cafile=ca_cert)
-    return httpx.AsyncClient(
-        verify=verify,
-        timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-        limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
-        cookies=http.cookiejar.CookieJar(policy=_NoCookies()),
-        headers={"User-Agent": "regfs", "Accept-Encoding": "identity"},
-        trust_env=False,
-        transport=transport,
-    )
+# Sockets
 
 
 def tune_read_size() -> None:

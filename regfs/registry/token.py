@@ -33,6 +33,7 @@ from .challenge import Challenge, choose_challenge
 from .credentials import Credentials
 from .http import (
     MAX_SMALL_BODY,
+    Peer,
     parse_retry_after,
     read_capped,
     response_host,
@@ -285,7 +286,11 @@ class RegistryAuth:
             # Not following redirects (the client's default): credentials stay with the realm.
             response = await self._http.send(request, stream=True)
         except httpx.HTTPError as exc:
-            raise transport_error(exc, f"token request to {realm_host}", host=realm_host) from exc
+            # An untrusted realm certificate is an UntrustedRegistryCertificateError: not
+            # transient, so the request is not repeated.
+            raise transport_error(
+                exc, f"token request for {scope}", host=realm_host, peer=Peer.REALM
+            ) from exc
         try:
             _check_token_status(response, realm_host, scope, send_credentials)
             body = await read_capped(response, MAX_SMALL_BODY)

@@ -25,6 +25,7 @@ from ..errors import (
     NotFoundError,
     OfflineError,
     ProtocolError,
+    RateLimitedError,
     RegfsError,
     TransientError,
 )
@@ -44,7 +45,12 @@ def errno_for(exc: BaseException) -> int:
     if isinstance(exc, OfflineError):
         return errno.ENOENT
     if isinstance(exc, AuthError | ForbiddenURLError):
+        # An untrusted certificate of the registry or its realm is an AuthError; of a CDN or
+        # a foreign host (UntrustedCertificateError alone) the blob cannot be read: EIO.
         return errno.EACCES
+    if isinstance(exc, RateLimitedError):
+        # A sustained 429: the registry says "later", as EAGAIN does.
+        return errno.EAGAIN
     if isinstance(
         exc, IntegrityError | ManifestError | ProtocolError | TransientError | RegfsError
     ):

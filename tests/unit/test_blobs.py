@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import logging
 import re
 
 import httpx
@@ -13,12 +15,16 @@ from regfs.errors import (
     ForbiddenURLError,
     NotFoundError,
     ProtocolError,
+    RateLimitedError,
     TransientError,
+    UntrustedCertificateError,
 )
 from regfs.oci import manifest as mf
 from regfs.registry.blobs import BlobSource, ForeignURLPolicy
-from regfs.registry.client import RegistryClient
+from regfs.registry.client import RegistryClient, RetryPolicy
+from regfs.vfs.fuse import errno_for
 from tests.fixtures.images import random_bytes
+from tests.unit.certs import SELF_SIGNED, untrusted_connect
 from tests.unit.mock_http import NO_WAIT, chunks, cut_after, mock_client
 
 DATA = random_bytes(10_000, seed=7)
@@ -474,3 +480,132 @@ async def test_refused_token_for_a_blob_is_auth_error_with_codes(
     assert info.value.status == 401
     assert info.value.codes == ("DENIED",)
     assert info.value.host == "registry.example"
+
+
+# --------------------------------------------------------------------------------------------
+# a dead foreign URL, asked once
+
+
+async def test_a_dead_first_foreign_url_is_asked_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="regfs.registry.blobs")
+
+    def foreign(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/gone":
+            return httpx.Response(404)
+        return ranged(request)
+
+    handler = registry_with_auth(lambda r: httpx.Response(404), foreign)
+    client, server = mock_client(monkeypatch, handler)  # type: ignore[arg-type]
+    blob = source(client, urls=("https://foreign.example/gone", "https://cdn.example/layer"))
+    for start in range(0, len(DATA), 2500):  # four ranges, as four blocks would be
+        assert await fetch(blob, start, start + 2500) == DATA[start : start + 2500]
+    paths = [r.url.path for r in server.requests if r.url.host != "auth.example"]
+    assert paths.count("/gone") == 1
+    (dead,) = [r.getMessage() for r in caplog.records if "not asking" in r.getMessage()]
+    assert dead.endswith("; not asking foreign URL foreign.example/gone again")
+    assert dead.count(DIGEST[:19]) == 1
+    assert paths.count("/layer") == 4
+    assert paths.count(BLOB_PATH) <= 2  # the registry's 404 (and its 401) once: it is foreign
+
+
+class CountingPolicy(ForeignURLPolicy):
+    def __init__(self, allow: list[str]) -> None:
+        super().__init__(allow)
+        self.checked: list[str] = []
+
+    async def check(self, url: httpx.URL) -> None:
+        self.checked.append(str(url))
+        await super().check(url)
+
+
+async def test_a_foreign_url_refused_by_policy_hands_over_and_is_not_asked_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    handler = registry_with_auth(lambda r: httpx.Response(404), ranged)
+    client, server = mock_client(monkeypatch, handler)  # type: ignore[arg-type]
+    policy = CountingPolicy([r"https://cdn\.example/"])
+    refused = "http://plain.example/layer"
+    blob = source(client, urls=(refused, "https://cdn.example/layer"), policy=policy)
+    assert await fetch(blob, 0, 100) == DATA[:100]
+    assert await fetch(blob, 100, 200) == DATA[100:200]
+    assert policy.checked.count(refused) == 1
+    assert server.to("plain.example") == []
+    assert isinstance(blob.dead_urls[refused], ForbiddenURLError)
+
+
+async def test_every_foreign_url_dead_is_the_last_answer_without_asking_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    handler = registry_with_auth(lambda r: httpx.Response(404), lambda r: httpx.Response(404))
+    client, server = mock_client(monkeypatch, handler)  # type: ignore[arg-type]
+    urls = ("https://foreign.example/a", "https://cdn.example/b")
+    blob = source(client, urls=urls)
+    for _ in range(3):
+        with pytest.raises(NotFoundError):
+            await fetch(blob, 0, 100)
+    foreign_asked = [r for r in server.requests if r.url.host in ("foreign.example", "cdn.example")]
+    assert len(foreign_asked) == 2
+
+
+# --------------------------------------------------------------------------------------------
+# a sustained rate limit, untrusted certificates: no retries
+
+
+async def test_a_sustained_429_on_a_blob_fails_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    policy = RetryPolicy(attempts=5, base_delay=0.0, max_delay=30.0)
+    client, server = mock_client(
+        monkeypatch, lambda r: httpx.Response(429, headers={"Retry-After": "3600"}), retry=policy
+    )
+    with pytest.raises(RateLimitedError) as info:
+        await fetch(source(client), 0, 100)
+    assert len(server.requests) == 1
+    assert errno_for(info.value) == errno.EAGAIN
+    assert "rate limit reached, it resets in 1h00m" in str(info.value)
+    assert client.stats.retries == 0
+
+
+@pytest.mark.parametrize("foreign", [False, True], ids=["CDN", "foreign host"])
+async def test_an_untrusted_cdn_or_foreign_host_is_eio_and_not_retried(
+    monkeypatch: pytest.MonkeyPatch, foreign: bool
+) -> None:
+    def registry_blob(request: httpx.Request) -> httpx.Response:
+        if foreign:
+            return httpx.Response(404)
+        return httpx.Response(307, headers={"Location": "https://cdn.example/signed?sig=1"})
+
+    def elsewhere(request: httpx.Request) -> httpx.Response:
+        raise untrusted_connect()
+
+    client, server = mock_client(monkeypatch, registry_with_auth(registry_blob, elsewhere))  # type: ignore[arg-type]
+    blob = source(client, urls=("https://cdn.example/layer",) if foreign else ())
+    with pytest.raises(UntrustedCertificateError) as info:
+        await fetch(blob, 0, 100)
+    assert errno_for(info.value) == errno.EIO
+    assert len(server.to("cdn.example")) == 1
+    assert info.value.reason == SELF_SIGNED
+    hint = "--foreign-ca-cert" if foreign else "--ca-cert"
+    assert hint in str(info.value) and "cdn.example" in str(info.value)
+
+
+async def test_resume_logs_name_the_blob_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="regfs.registry.blobs")
+    calls = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        start, end = requested(request)
+        if calls == 1:
+            body = cut_after(DATA[start:end], 1000, httpx.ReadError("connection reset"))
+            headers = {"Content-Range": f"bytes {start}-{end - 1}/{len(DATA)}"}
+            return httpx.Response(206, headers=headers, content=body)
+        return ranged(request)
+
+    client, _ = mock_client(monkeypatch, handler)
+    assert await fetch(source(client), 0, 5000) == DATA[:5000]
+    lines = [r.getMessage() for r in caplog.records if "resuming" in r.getMessage()]
+    assert lines and all(line.count(DIGEST[:19]) == 1 for line in lines), lines

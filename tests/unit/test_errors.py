@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import errno
+
 import pytest
 
 from regfs.errors import (
     AuthError,
+    ConfigError,
     ForbiddenURLError,
     IntegrityError,
     NotFoundError,
@@ -14,7 +17,10 @@ from regfs.errors import (
     RegfsError,
     RegistryError,
     TransientError,
+    UntrustedCertificateError,
+    UntrustedRegistryCertificateError,
 )
+from regfs.vfs.fuse import errno_for
 
 REGISTRY_ERRORS = [
     RegistryError,
@@ -24,6 +30,8 @@ REGISTRY_ERRORS = [
     RateLimitedError,
     ProtocolError,
     ForbiddenURLError,
+    UntrustedCertificateError,
+    UntrustedRegistryCertificateError,
 ]
 
 
@@ -69,3 +77,27 @@ def test_integrity_error_digest() -> None:
     error = IntegrityError("bad bytes", digest=digest)
     assert error.digest == digest
     assert str(error) == "bad bytes"
+
+
+def test_untrusted_certificates_by_who_presented_them() -> None:
+    reason = "self-signed certificate in certificate chain"
+    registry = UntrustedRegistryCertificateError("x", reason=reason, host="registry.example")
+    cdn = UntrustedCertificateError("x", reason=reason, host="cdn.example")
+    # The registry's or its realm's: access refused, as for credentials that do not work.
+    assert isinstance(registry, AuthError) and isinstance(registry, UntrustedCertificateError)
+    assert errno_for(registry) == errno.EACCES
+    # A CDN's or a foreign host's: the blob cannot be read. Neither is worth asking again.
+    assert not isinstance(cdn, AuthError)
+    assert errno_for(cdn) == errno.EIO
+    assert not isinstance(registry, TransientError) and not isinstance(cdn, TransientError)
+    assert (registry.reason, cdn.reason, cdn.host) == (reason, reason, "cdn.example")
+    assert UntrustedCertificateError("text alone").reason == ""
+
+
+def test_a_sustained_rate_limit_is_eagain() -> None:
+    assert errno_for(RateLimitedError("slow down", 3600.0, host="ghcr.io")) == errno.EAGAIN
+
+
+def test_config_error_is_bad_usage() -> None:
+    error = ConfigError("CA file /x: no such file")
+    assert isinstance(error, RegfsError) and isinstance(error, ValueError)

@@ -46,7 +46,7 @@ HELLO = b"hello, world\n" * 100
         (ManifestError("x"), errno.EIO),
         (ProtocolError("x"), errno.EIO),
         (TransientError("x"), errno.EIO),
-        (RateLimitedError("x", 3.0), errno.EIO),
+        (RateLimitedError("x", 3.0), errno.EAGAIN),
         (RegistryError("x"), errno.EIO),
         (RegfsError("x"), errno.EIO),
         (RuntimeError("x"), errno.EIO),
@@ -67,7 +67,7 @@ def test_errno_for_covers_every_error_class() -> None:
     assert len(classes) >= 12
     for cls in classes:
         exc = cls("x", 1.0) if issubclass(cls, TransientError) else cls("x")
-        assert errno_for(exc) in (errno.ENOENT, errno.EACCES, errno.EIO)
+        assert errno_for(exc) in (errno.ENOENT, errno.EACCES, errno.EIO, errno.EAGAIN)
 
 
 # --------------------------------------------------------------------------------------------

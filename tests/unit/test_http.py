@@ -1,10 +1,13 @@
-"""regfs.registry.http: bounded bodies (read_capped and its inflater), Retry-After, errors."""
+"""regfs.registry.http: bounded bodies (read_capped and its inflater), Retry-After,
+Content-Range, errors (an untrusted certificate by who presented it); httpclient.py's
+--debug request lines."""
 
 from __future__ import annotations
 
 import email.utils
 import gzip
 import json
+import logging
 import subprocess
 import sys
 import time
@@ -21,17 +24,26 @@ from regfs.errors import (
     ProtocolError,
     RateLimitedError,
     TransientError,
+    UntrustedCertificateError,
+    UntrustedRegistryCertificateError,
 )
 from regfs.registry.http import (
+    Peer,
     SmallResponse,
+    describe,
     error_codes,
+    in_context,
+    parse_content_range,
     parse_retry_after,
     read_capped,
     same_origin,
     status_error,
+    transport_error,
     tune_read_size,
     url_host,
 )
+from regfs.registry.httpclient import make_http_client
+from tests.unit.certs import SELF_SIGNED, untrusted_connect
 from tests.unit.mock_http import chunks
 
 # --------------------------------------------------------------------------------------------
@@ -363,3 +375,144 @@ def test_read_size_is_tuned_only_when_asked() -> None:
     ).stdout.split()
     assert out == [str(64 * 1024), str(256 * 1024)]
     assert callable(tune_read_size)
+
+
+# --------------------------------------------------------------------------------------------
+# Content-Range
+
+
+@pytest.mark.parametrize(
+    ("value", "parsed"),
+    [
+        ("bytes 0-99/100", (0, 99, 100)),
+        ("bytes 10-10/*", (10, 10, None)),
+        (" bytes 5-9/1000 ", (5, 9, 1000)),
+        ("bytes 99-0/100", None),  # last before first
+        ("bytes 0-100/100", None),  # last at the complete length
+        ("bytes */100", None),  # the 416 form: no range
+        ("bytes 0-99", None),
+        ("items 0-99/100", None),
+        ("bytes -1-5/10", None),
+        ("bytes 0-99/100, bytes 0-1/2", None),
+        ("bytes \uff10-\uff19/10", None),  # digits, but not ASCII ones
+        ("", None),
+        (None, None),
+    ],
+)
+def test_parse_content_range(value: str | None, parsed: tuple[int, int, int | None] | None) -> None:
+    assert parse_content_range(value) == parsed
+
+
+# --------------------------------------------------------------------------------------------
+# Messages: never an empty "()", never the request's name twice
+
+
+def test_describe_finds_the_message_under_an_empty_connect_error() -> None:
+    refused = ConnectionRefusedError(111, "Connection refused")
+    error = httpx.ConnectError("")
+    error.__cause__ = OSError()
+    error.__cause__.__cause__ = refused
+    assert describe(error) == "ConnectError: [Errno 111] Connection refused"
+    assert describe(httpx.ReadTimeout("")) == "ReadTimeout"
+
+
+def test_in_context_does_not_double_the_prefix() -> None:
+    exc = NotFoundError("manifest a/b:1: registry.example answered 404")
+    assert in_context("manifest a/b:1", exc) == str(exc)
+    assert in_context("blob sha256:ab", exc) == f"blob sha256:ab: {exc}"
+    assert in_context("ping", TransientError()) == "ping: TransientError"
+
+
+@pytest.mark.parametrize(
+    ("peer", "kind", "hint"),
+    [
+        (Peer.REGISTRY, UntrustedRegistryCertificateError, "--ca-cert"),
+        (Peer.REALM, UntrustedRegistryCertificateError, "--ca-cert"),
+        (Peer.CDN, UntrustedCertificateError, "--ca-cert"),
+        (Peer.FOREIGN, UntrustedCertificateError, "--foreign-ca-cert"),
+    ],
+)
+def test_untrusted_certificate_by_peer(peer: Peer, kind: type[Exception], hint: str) -> None:
+    error = transport_error(untrusted_connect(), "blob sha256:ab", host="h.example:443", peer=peer)
+    assert type(error) is kind
+    assert isinstance(error, UntrustedCertificateError)
+    assert error.reason == SELF_SIGNED
+    assert error.host == "h.example:443"
+    text = str(error)
+    assert text.startswith(f"blob sha256:ab: TLS certificate of {peer.value} h.example:443 ")
+    assert f"not trusted: {SELF_SIGNED}; " in text
+    assert hint in text and "SSL_CERT_FILE" in text
+    assert "()" not in text and "\n" not in text and "_ssl.c" not in text
+    assert (hint == "--foreign-ca-cert") == ("--insecure" not in text)  # registry-side only
+
+
+def test_other_connect_failures_stay_transient_and_say_why() -> None:
+    error = httpx.ConnectError("")
+    error.__cause__ = ConnectionRefusedError(111, "Connection refused")
+    mapped = transport_error(error, "manifest a/b:1", host="registry.example")
+    assert type(mapped) is TransientError
+    assert str(mapped) == (
+        "manifest a/b:1: registry.example: ConnectError: [Errno 111] Connection refused"
+    )
+    assert "()" not in str(transport_error(httpx.ConnectError(""), "ping", host="r.example"))
+
+
+# --------------------------------------------------------------------------------------------
+# --debug: one line per request, no query string, no header value
+
+
+async def test_request_log_line_per_request(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="regfs.registry.httpclient")
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "registry.example":
+            location = {"Location": "https://cdn.example/b?sig=SIGNED"}
+            # Streamed, as the network's are: MockTransport closes a bytes body at once.
+            return httpx.Response(307, headers=location, content=chunks(b"", 1))
+        return httpx.Response(206, content=chunks(b"x" * 3000, 1000))
+
+    client = make_http_client(insecure=False, timeout=5, transport=httpx.MockTransport(handler))
+    try:
+        headers = {"Authorization": "Bearer T0K3N", "Range": "bytes=0-2999"}
+        blob = "https://registry.example/v2/r/blobs/sha256:ab"
+        async with client.stream("GET", blob, headers=headers) as first:
+            assert first.status_code == 307
+        async with client.stream("GET", "https://cdn.example/b?sig=SIGNED&expires=1") as second:
+            assert len(await second.aread()) == 3000
+    finally:
+        await client.aclose()
+    lines = [r.getMessage() for r in caplog.records if r.name == "regfs.registry.httpclient"]
+    assert len(lines) == 2
+    assert lines[0].startswith("GET registry.example /v2/r/blobs/sha256:ab -> 307, 0 bytes in ")
+    assert lines[1].startswith("GET cdn.example /b -> 206, 3000 bytes in ")
+    assert "SIGNED" not in caplog.text and "T0K3N" not in caplog.text
+    assert "bytes=0-2999" not in caplog.text
+
+
+async def test_request_log_names_a_failed_request(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="regfs.registry.httpclient")
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise untrusted_connect()
+
+    client = make_http_client(insecure=False, timeout=5, transport=httpx.MockTransport(handler))
+    try:
+        with pytest.raises(httpx.ConnectError):
+            await client.get("https://realm.example/token?scope=repository:a:pull")
+    finally:
+        await client.aclose()
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "regfs.registry.httpclient"]
+    assert line.startswith("GET realm.example /token failed: ConnectError: ")
+    assert SELF_SIGNED in line and "scope" not in line
+
+
+async def test_request_log_is_silent_without_debug(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="regfs.registry.httpclient")
+    client = make_http_client(
+        insecure=False, timeout=5, transport=httpx.MockTransport(lambda r: httpx.Response(200))
+    )
+    try:
+        assert (await client.get("https://registry.example/v2/")).status_code == 200
+    finally:
+        await client.aclose()
+    assert not [r for r in caplog.records if r.name == "regfs.registry.httpclient"]

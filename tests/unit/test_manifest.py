@@ -272,6 +272,26 @@ def test_schema1_bad_base64_and_bad_signatures() -> None:
         mf.schema1_payload(json.dumps(doc).encode())
 
 
+@pytest.mark.parametrize(
+    "protected",
+    [None, 12, "", "00", base64.urlsafe_b64encode(b"[" * 100_000).decode()],
+    ids=["null", "number", "empty", "not UTF-8", "too deep"],
+)
+def test_schema1_protected_header_that_is_no_json_object(protected: object) -> None:
+    """Found by tests/unit/test_parser_properties.py: these escaped as TypeError,
+    UnicodeDecodeError, JSONDecodeError and RecursionError."""
+    raw, _ = schema1(signed=True)
+    doc = json.loads(raw)
+    doc["signatures"][0]["protected"] = protected
+    with pytest.raises(ManifestError):
+        mf.schema1_payload(json.dumps(doc).encode())
+
+
+def test_json_nested_past_the_stack_is_a_manifest_error() -> None:
+    with pytest.raises(ManifestError, match="not valid JSON"):
+        mf.parse_document(b"[" * 100_000 + b"]" * 100_000)
+
+
 def test_schema1_bad_layers() -> None:
     raw, _ = schema1(signed=False)
     doc = json.loads(raw)

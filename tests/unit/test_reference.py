@@ -234,6 +234,8 @@ def test_parse_registry(value: str, scheme: str, host: str) -> None:
         "http://host:5000:6000",
         "javascript:alert(1)",
         "[::1",
+        "http://[",  # these two escaped as ValueError (found by test_parser_properties.py)
+        "A://[]",
     ],
 )
 def test_parse_registry_rejects_junk(value: str) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
+import logging
+import re
 import sys
 import time
 from urllib.parse import parse_qs
@@ -21,11 +23,15 @@ from regfs.errors import (
     ProtocolError,
     RateLimitedError,
     TransientError,
+    UntrustedCertificateError,
+    UntrustedRegistryCertificateError,
 )
 from regfs.oci import manifest as mf
 from regfs.oci.reference import parse_registry
 from regfs.registry.client import MAX_REDIRECTS, RegistryClient, RetryPolicy
 from regfs.registry.http import SmallResponse
+from regfs.registry.link import next_link
+from tests.unit.certs import SELF_SIGNED, untrusted_connect
 from tests.unit.mock_http import (
     MANIFEST,
     MANIFEST_DIGEST,
@@ -381,13 +387,163 @@ async def test_retry_after_seconds_and_date_capped(
 
 async def test_retries_give_up(monkeypatch: pytest.MonkeyPatch, sleeps: list[float]) -> None:
     client, server = mock_client(
-        monkeypatch, lambda r: httpx.Response(429, headers={"Retry-After": "1"})
+        monkeypatch, lambda r: httpx.Response(429, headers={"Retry-After": "0.01"})
     )
     with pytest.raises(RateLimitedError) as info:
         await client.get_manifest("library/hello", "latest")
-    assert info.value.retry_after == 1.0
+    assert info.value.retry_after == 0.01
     assert len(server.requests) == NO_WAIT.attempts
-    assert len(sleeps) == NO_WAIT.attempts - 1
+    assert sleeps == [0.01] * (NO_WAIT.attempts - 1)
+
+
+SUSTAINED = re.compile(
+    r"toomanyrequests: the rate limit of registry\.example was reached; it resets in 1h00m "
+    r"\(at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\): failing now instead of waiting"
+)
+
+
+async def test_a_sustained_429_fails_at_once(
+    monkeypatch: pytest.MonkeyPatch, sleeps: list[float], caplog: pytest.LogCaptureFixture
+) -> None:
+    body = {"errors": [{"code": "TOOMANYREQUESTS", "message": "pull rate limit"}]}
+    client, server = mock_client(
+        monkeypatch,
+        lambda r: httpx.Response(429, json=body, headers={"Retry-After": "3600"}),
+        retry=RetryPolicy(attempts=5, base_delay=0.0, max_delay=30.0),
+    )
+    with pytest.raises(RateLimitedError) as info:
+        await client.get_manifest("library/hello", "latest")
+    assert len(server.requests) == 1 and sleeps == []
+    assert client.stats.retries == 0
+    error = info.value
+    assert (error.retry_after, error.status, error.host) == (3600.0, 429, "registry.example")
+    assert error.codes == ("TOOMANYREQUESTS",)
+    assert str(error).startswith(
+        "manifest library/hello:latest: registry.example answered 429 (TOOMANYREQUESTS): "
+        "rate limit reached, it resets in 1h00m (at "
+    )
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and SUSTAINED.fullmatch(warnings[0]), warnings
+
+
+async def test_a_429_longer_than_the_operation_has_left_fails_at_once(
+    monkeypatch: pytest.MonkeyPatch, sleeps: list[float]
+) -> None:
+    """Within the policy's cap but past the caller's trio deadline: waiting would only run
+    into the deadline (ETIMEDOUT); the rate limit is the answer."""
+    policy = RetryPolicy(attempts=5, base_delay=0.0, max_delay=60.0)
+    client, server = mock_client(
+        monkeypatch,
+        flaky(httpx.Response(429, headers={"Retry-After": "20"})),
+        retry=policy,  # type: ignore[arg-type]
+    )
+    with trio.move_on_after(5), pytest.raises(RateLimitedError) as info:
+        await client.get_manifest("library/hello", "latest")
+    assert info.value.retry_after == 20.0
+    assert len(server.requests) == 1 and sleeps == []
+
+
+async def test_a_429_within_the_operation_s_time_is_waited_out(
+    monkeypatch: pytest.MonkeyPatch, sleeps: list[float]
+) -> None:
+    policy = RetryPolicy(attempts=5, base_delay=0.0, max_delay=60.0)
+    client, server = mock_client(
+        monkeypatch,
+        flaky(httpx.Response(429, headers={"Retry-After": "2"})),
+        retry=policy,  # type: ignore[arg-type]
+    )
+    with trio.fail_after(5):
+        doc = await client.get_manifest("library/hello", "latest")
+    assert doc.digest == MANIFEST_DIGEST
+    assert sleeps == [2.0] and len(server.requests) == 2
+
+
+async def test_a_503_asking_for_long_is_still_waited_capped(
+    monkeypatch: pytest.MonkeyPatch, sleeps: list[float]
+) -> None:
+    """Only a rate limit fails fast: a 503's Retry-After stays a capped wait, as before."""
+    client, server = mock_client(
+        monkeypatch,
+        flaky(httpx.Response(503, headers={"Retry-After": "3600"})),  # type: ignore[arg-type]
+    )
+    await client.get_manifest("library/hello", "latest")
+    assert sleeps == [NO_WAIT.max_delay] and len(server.requests) == 2
+
+
+async def test_retry_log_names_the_request_once(
+    monkeypatch: pytest.MonkeyPatch, sleeps: list[float], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="regfs.registry.client")
+    client, _ = mock_client(monkeypatch, flaky(httpx.Response(503)))  # type: ignore[arg-type]
+    await client.get_manifest("library/nginx", "latest")
+    (line,) = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
+    assert line.startswith("manifest library/nginx:latest: registry.example answered 503; ")
+    assert line.count("library/nginx") == 1
+
+
+async def test_an_untrusted_registry_certificate_is_final(
+    monkeypatch: pytest.MonkeyPatch, sleeps: list[float]
+) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise untrusted_connect()
+
+    client, server = mock_client(monkeypatch, handler)
+    with pytest.raises(UntrustedRegistryCertificateError) as info:
+        await client.get_manifest("library/hello", "latest")
+    assert len(server.requests) == 1 and sleeps == []  # not retried as if transient
+    assert isinstance(info.value, AuthError)
+    assert info.value.reason == SELF_SIGNED
+    assert str(info.value).startswith(
+        "manifest library/hello:latest: TLS certificate of registry registry.example "
+        f"not trusted: {SELF_SIGNED}; "
+    )
+
+
+async def test_an_untrusted_cdn_certificate_is_not_an_auth_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "cdn.example":
+            raise untrusted_connect()
+        return httpx.Response(307, headers={"Location": "https://cdn.example/blob"})
+
+    client, server = mock_client(monkeypatch, handler)
+    with pytest.raises(UntrustedCertificateError) as info:
+        await client.send(client.url("/v2/r/blobs/sha256:ab"), scope=None, what="blob sha256:ab")
+    assert not isinstance(info.value, AuthError)
+    assert info.value.host == "cdn.example"
+    assert "TLS certificate of CDN cdn.example not trusted" in str(info.value)
+    assert len(server.to("cdn.example")) == 1
+
+
+@pytest.mark.parametrize(
+    ("header", "path"),
+    [
+        ('</v2/r/tags/list?last=a&n=2>; rel="next"', "/v2/r/tags/list?last=a&n=2"),
+        ("</v2/r/tags/list?last=a>;rel=next", "/v2/r/tags/list?last=a"),
+        (
+            '</v2/r/tags/list?n=1>; rel="prev", </v2/r/tags/list?last=b>; rel="next"',
+            "/v2/r/tags/list?last=b",
+        ),
+        ('</v2/r/tags/list?last=a;b>; title="x, y"; rel="last next"', "/v2/r/tags/list?last=a;b"),
+        ('</v2/r/tags/list?last=a>; rel="nextpage"', None),
+        ('</v2/r/tags/list?last=a>; rel="prev"', None),
+        ('/v2/r/tags/list?last=a; rel="next"', None),  # no <...>
+        ('<https://other.example/v2/r/tags/list>; rel="next"', None),
+        ('<http://registry.example/v2/r/tags/list>; rel="next"', None),  # another scheme
+        ('<//registry.example:99/x>; rel="next"', None),
+        ('<http://[>; rel="next"', None),
+        (";rel=next", None),
+        # Hostile: scanned in one pass (a regular expression took for ever on these).
+        ("<a>; a=" + " " * 20000 + '"', None),
+        ("<a>" + "; a" * 10000 + '"', None),
+        ("<x>, " * 10000 + "</v2/r/tags/list?last=z>; rel=next", "/v2/r/tags/list?last=z"),
+        ("", None),
+        (None, None),
+    ],
+)
+def testnext_link(header: str | None, path: str | None) -> None:
+    assert next_link(header, httpx.URL(REGISTRY)) == path
 
 
 async def test_connection_errors_are_retried(
@@ -587,7 +743,9 @@ async def test_rate_limit_codes_and_retry_after(
         await client.get_manifest("library/hello", "latest")
     assert info.value.codes == ("TOOMANYREQUESTS",)
     assert info.value.retry_after == 0.5
-    assert sleeps == [0.01] * (NO_WAIT.attempts - 1)  # 0.5 s, capped by the policy
+    # 0.5 s is more than this policy ever waits (0.01 s): a sustained limit, not retried.
+    assert sleeps == []
+    assert "rate limit reached, it resets in 0.5s" in str(info.value)
 
 
 async def test_refused_401_carries_the_drained_body_codes(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -21,10 +21,12 @@ from regfs.errors import (
     RateLimitedError,
     RegistryError,
     TransientError,
+    UntrustedRegistryCertificateError,
 )
 from regfs.registry.credentials import Credentials
 from regfs.registry.http import MAX_SMALL_BODY
 from regfs.registry.token import RegistryAuth
+from tests.unit.certs import SELF_SIGNED, untrusted_connect
 from tests.unit.mock_http import chunks
 
 SECRET = "s3cr3t-p4ss"
@@ -412,6 +414,27 @@ async def test_token_server_5xx_and_network_errors_are_transient() -> None:
     server.reply = lambda request: httpx.Response(500)
     with pytest.raises(TransientError):
         await registry_auth.authorization(SCOPE)
+
+
+async def test_untrusted_realm_certificate_is_an_auth_error_naming_the_realm() -> None:
+    server = TokenServer()
+
+    def untrusted(request: httpx.Request) -> httpx.Response:
+        raise untrusted_connect()
+
+    server.reply = untrusted
+    registry_auth = RegistryAuth(httpx.URL(REGISTRY), None, _client(server))
+    with pytest.raises(UntrustedRegistryCertificateError) as info:
+        await registry_auth.handle_unauthorized(_unauthorized(BEARER), SCOPE, None)
+    assert len(server.requests) == 1
+    error = info.value
+    assert isinstance(error, AuthError) and not isinstance(error, TransientError)
+    assert error.host == "auth.example"
+    assert str(error) == (
+        f"token request for {SCOPE}: TLS certificate of token realm auth.example not trusted: "
+        f"{SELF_SIGNED}; trust its CA in the system store, SSL_CERT_FILE or SSL_CERT_DIR, or "
+        "with --ca-cert (or --insecure)"
+    )
 
 
 async def test_token_server_429_is_rate_limited() -> None:
