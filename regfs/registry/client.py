@@ -461,7 +461,7 @@ class RegistryClient:
             if not isinstance(doc, mf.Index):
                 raise ManifestError(f"{what}: the answer is not an index")
             found += doc.manifests
-            path = _next_link(answer.headers.get("link"), self.base)
+            path = next_link(answer.headers.get("link"), self.base)
         return found
 
 

@@ -38,8 +38,10 @@ T = TypeVar("T")
 IMMUTABLE_TIMEOUT = 86400.0
 
 
-def errno_for(exc: BaseException) -> int:
-    """The errno a caller sees for an error: the single mapping in regfs."""
+def errno_for(exc: BaseException, *, reading: bool = False) -> int:
+    """The errno a caller sees for an error: the single mapping in regfs. `reading`: the
+    error ends a read(2), where EAGAIN is no answer (a buffered reader takes it for "no data
+    yet" and may stop early, leaving a short copy that looks whole): EIO instead."""
     if isinstance(exc, NotFoundError | InvalidReferenceError):
         return errno.ENOENT
     if isinstance(exc, OfflineError):
@@ -49,8 +51,8 @@ def errno_for(exc: BaseException) -> int:
         # a foreign host (UntrustedCertificateError alone) the blob cannot be read: EIO.
         return errno.EACCES
     if isinstance(exc, RateLimitedError):
-        # A sustained 429: the registry says "later", as EAGAIN does.
-        return errno.EAGAIN
+        # A sustained 429: the registry says "later", as EAGAIN does (not to a read).
+        return errno.EIO if reading else errno.EAGAIN
     if isinstance(
         exc, IntegrityError | ManifestError | ProtocolError | TransientError | RegfsError
     ):
@@ -72,7 +74,12 @@ class Operations(pyfuse3.Operations):
         self.tag_ttl = tag_ttl  # how long the kernel may trust what can change (a tag)
 
     async def _guard(
-        self, what: str, call: Callable[[], Awaitable[T]], *, timeout_errno: int = errno.ETIMEDOUT
+        self,
+        what: str,
+        call: Callable[[], Awaitable[T]],
+        *,
+        timeout_errno: int = errno.ETIMEDOUT,
+        reading: bool = False,
     ) -> T:
         try:
             # A bare CancelScope: fail_after's generator costs show on every 128 KiB read.
@@ -81,7 +88,7 @@ class Operations(pyfuse3.Operations):
         except pyfuse3.FUSEError:
             raise
         except RegfsError as exc:
-            code = errno_for(exc)
+            code = errno_for(exc, reading=reading)
             level = logging.DEBUG if code == errno.ENOENT else logging.WARNING
             log.log(level, "%s: %s", what, exc)
             raise pyfuse3.FUSEError(code) from None
@@ -196,6 +203,7 @@ class Operations(pyfuse3.Operations):
             f"read fh={fh} at {offset}",
             lambda: self.tree.read(fh, offset, size),
             timeout_errno=errno.EIO,
+            reading=True,
         )
 
     async def release(self, fh: int) -> None:

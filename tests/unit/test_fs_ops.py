@@ -380,3 +380,11 @@ async def test_statfs() -> None:
 
 def test_fs_is_importable_without_mounting() -> None:
     assert issubclass(fs.Operations, pyfuse3.Operations)
+
+
+def test_a_rate_limited_read_is_eio_not_eagain() -> None:
+    # A buffered reader (Python's io) takes EAGAIN from read(2) for "no data yet" and may end
+    # a copy early; every other operation may say EAGAIN.
+    exc = RateLimitedError("toomanyrequests", 3600.0)
+    assert fs.errno_for(exc) == errno.EAGAIN
+    assert fs.errno_for(exc, reading=True) == errno.EIO
