@@ -531,3 +531,32 @@ def test_stats_document(shared: Mount) -> None:
     assert {"bytes_fetched_by_host", "cache", "blobs", "errors"} <= set(stats)
     time.sleep(0)  # the document is generated at open: reading it twice always parses
     assert json.loads((shared.path / ".regfs" / "stats.json").read_text())["registry"]
+
+
+def test_ls_a_shows_dot_and_dotdot_and_walkers_do_not_follow_them(
+    shared: Mount, seeded: Seeded, tmp_path: Path
+) -> None:
+    image = shared.path / "library" / "hello" / "latest"
+    names = subprocess.run(["ls", "-a", str(image)], capture_output=True, text=True, check=True)
+    assert names.stdout.split()[:2] == [".", ".."]
+    assert set(names.stdout.split()[2:]) == set(os.listdir(image))
+    # The inode numbers they carry are those of the directory and of its parent.
+    listed = subprocess.run(["ls", "-ai", str(image / "layers")], capture_output=True, text=True)
+    inodes = dict(reversed(line.split()) for line in listed.stdout.splitlines())
+    assert int(inodes["."]) == os.stat(image / "layers").st_ino
+    assert int(inodes[".."]) == os.stat(image).st_ino
+    # find, ls -R and cp -r see each entry once and never walk into `.` or `..`.
+    walked = {str(image)}
+    for top, dirs, files in os.walk(image):
+        walked |= {os.path.join(top, name) for name in dirs + files}
+    found = subprocess.run(["find", str(image)], capture_output=True, text=True, timeout=60)
+    assert found.returncode == 0, found.stderr
+    assert sorted(found.stdout.splitlines()) == sorted(walked)
+    recursive = subprocess.run(["ls", "-R", str(image)], capture_output=True, text=True, timeout=60)
+    assert recursive.returncode == 0 and "/./" not in recursive.stdout
+    assert recursive.stdout.count(":\n") == sum(1 for p in walked if os.path.isdir(p))
+    copy = tmp_path / "layers-copy"
+    subprocess.run(["cp", "-r", str(image / "layers"), str(copy)], check=True, timeout=60)
+    assert sorted(os.listdir(copy)) == sorted(f"{x.digest}.tar.gz" for x in seeded.hello.layers)
+    for layer in seeded.hello.layers:
+        assert (copy / f"{layer.digest}.tar.gz").read_bytes() == layer.data
