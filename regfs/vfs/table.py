@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 
 from ..errors import NotFoundError
-from .nodes import Dir, File, FileHandle, Node
+from .nodes import Dir, File, FileHandle, Node, ReleasableHandle
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +169,11 @@ class InodeTable:
         opened = self.files.pop(fh, None)
         if opened is None:
             return
+        if isinstance(opened.handle, ReleasableHandle):
+            try:
+                opened.handle.release()
+            except Exception:  # the kernel's release cannot fail: the handle is gone anyway
+                log.exception("release of %r", opened.node)
         inode = opened.node.inode
         left = self._open_files.get(inode, 0) - 1
         if left > 0:

@@ -542,7 +542,7 @@ def test_ls_a_shows_dot_and_dotdot_and_walkers_do_not_follow_them(
     assert set(names.stdout.split()[2:]) == set(os.listdir(image))
     # The inode numbers they carry are those of the directory and of its parent.
     listed = subprocess.run(["ls", "-ai", str(image / "layers")], capture_output=True, text=True)
-    inodes = dict(reversed(line.split()) for line in listed.stdout.splitlines())
+    inodes = {name: number for number, name in map(str.split, listed.stdout.splitlines())}
     assert int(inodes["."]) == os.stat(image / "layers").st_ino
     assert int(inodes[".."]) == os.stat(image).st_ino
     # find, ls -R and cp -r see each entry once and never walk into `.` or `..`.
