@@ -21,7 +21,6 @@ import hashlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 
 import trio
 from cachetools import LRUCache
@@ -30,9 +29,9 @@ from ..errors import IntegrityError, OfflineError
 from .blob import SMALL_BLOB, BlobRef, blocking
 from .disk import DiskCache
 from .flights import Flight, Run
-from .readahead import Readahead, ReadStream
-
-__all__ = ["BlockCache", "CacheStats", "ReadStream"]
+from .readahead import Readahead
+from .readahead import ReadStream as ReadStream  # where it was before: imported from here
+from .state import BlobState, CacheStats
 
 log = logging.getLogger(__name__)
 
@@ -40,33 +39,6 @@ DEFAULT_BLOCK_SIZE = 4 << 20
 
 
 # -- the cache ---------------------------------------------------------------------------
-
-
-@dataclass
-class CacheStats:
-    memory_hits: int = 0
-    disk_hits: int = 0
-    misses: int = 0
-    verified: int = 0
-    failed: int = 0
-    purges: int = 0
-    readahead_stopped: int = 0  # readahead requests cancelled when their readers closed
-
-
-@dataclass
-class _BlobState:
-    """Verification of one attempt at a blob as its blocks go by in order."""
-
-    algorithm: str
-    hasher: hashlib._Hash
-    # Which attempt: a purge after a digest mismatch, or a verified blob that lost blocks and
-    # is checked again, begins the next generation with a fresh state.
-    generation: int = 0
-    hashed_blocks: int = 0
-    verified: bool = False
-    lock: trio.Lock = field(default_factory=trio.Lock)
-    background: int = 0  # readahead requests in flight
-    landed: bool = False  # a block landed while the hasher held the lock: look again
 
 
 class BlockCache:
@@ -91,7 +63,7 @@ class BlockCache:
         self.max_background = max_background
         self.offline = offline
         self.flights: dict[tuple[str, int], Flight] = {}
-        self.states: dict[str, _BlobState] = {}
+        self.states: dict[str, BlobState] = {}
         self.stats = CacheStats()
         self.failures: dict[str, int] = {}  # digest -> failed verifications
         self._nursery: trio.Nursery | None = None
@@ -126,11 +98,11 @@ class BlockCache:
     def in_flight(self) -> int:
         return len(self.flights)
 
-    def _state(self, blob: BlobRef) -> _BlobState:
+    def _state(self, blob: BlobRef) -> BlobState:
         state = self.states.get(blob.digest)
         if state is None:
             algorithm = blob.digest.split(":", 1)[0]
-            state = _BlobState(algorithm, hashlib.new(algorithm))
+            state = BlobState(algorithm, hashlib.new(algorithm))
             state.verified = self.disk is not None and self.disk.is_verified(blob.digest)
             self.states[blob.digest] = state
         return state
@@ -140,7 +112,7 @@ class BlockCache:
         state = self.states.get(digest)
         if state is not None:
             algorithm = state.algorithm
-            self.states[digest] = _BlobState(
+            self.states[digest] = BlobState(
                 algorithm, hashlib.new(algorithm), generation=state.generation + 1
             )
 
@@ -296,9 +268,11 @@ class BlockCache:
                     if self._superseded(blob.digest, state.generation):  # purged while we wrote
                         self.memory.pop((blob.digest, index), None)
                         if self.disk is not None:
-                            await trio.to_thread.run_sync(
-                                self.disk.purge, blob.digest, blob.registry
-                            )
+                            # Shielded: a readahead stopped now must not leave the block.
+                            with trio.CancelScope(shield=True):
+                                await trio.to_thread.run_sync(
+                                    self.disk.purge, blob.digest, blob.registry
+                                )
                 self._land(blob.digest, index, flights[index], None)
                 index += 1
                 await self._hash_in_order(blob)
@@ -424,7 +398,7 @@ class BlockCache:
 
     # -- verification -------------------------------------------------------------------
 
-    async def _advance_hash(self, blob: BlobRef, state: _BlobState, *, fetch_missing: bool) -> None:
+    async def _advance_hash(self, blob: BlobRef, state: BlobState, *, fetch_missing: bool) -> None:
         """Feed the blob's blocks to its hasher in order, as far as they are at hand."""
         total = self.blocks(blob.size)
         async with state.lock:
@@ -455,15 +429,17 @@ class BlockCache:
             if not state.verified and state.hashed_blocks == total:
                 await self._finish(blob, state)
 
-    async def _finish(self, blob: BlobRef, state: _BlobState) -> None:
+    async def _finish(self, blob: BlobRef, state: BlobState) -> None:
         actual = f"{state.algorithm}:{state.hasher.hexdigest()}"
         if actual == blob.digest:
             state.verified = True
             self.stats.verified += 1
             if self.disk is not None:
-                await blocking(
-                    blob.size <= SMALL_BLOB, self.disk.promote, blob.digest, blob.registry
-                )
+                # Shielded: a readahead stopped (or an unmount) now must not lose the verdict.
+                with trio.CancelScope(shield=True):
+                    await blocking(
+                        blob.size <= SMALL_BLOB, self.disk.promote, blob.digest, blob.registry
+                    )
             log.debug("verified %s", blob.digest)
             return
         log.error("blob %s does not match its digest (got %s): purged", blob.digest, actual)
