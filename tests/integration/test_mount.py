@@ -554,9 +554,10 @@ def test_ls_a_shows_dot_and_dotdot_and_walkers_do_not_follow_them(
     assert sorted(found.stdout.splitlines()) == sorted(walked)
     recursive = subprocess.run(["ls", "-R", str(image)], capture_output=True, text=True, timeout=60)
     assert recursive.returncode == 0 and "/./" not in recursive.stdout
-    assert recursive.stdout.count(":\n") == sum(1 for p in walked if os.path.isdir(p))
+    real_dirs = [p for p in walked if os.path.isdir(p) and not os.path.islink(p)]
+    assert recursive.stdout.count(":\n") == len(real_dirs)
     copy = tmp_path / "layers-copy"
     subprocess.run(["cp", "-r", str(image / "layers"), str(copy)], check=True, timeout=60)
-    assert sorted(os.listdir(copy)) == sorted(f"{x.digest}.tar.gz" for x in seeded.hello.layers)
+    assert sorted(os.listdir(copy)) == sorted(os.listdir(image / "layers"))
     for layer in seeded.hello.layers:
         assert (copy / f"{layer.digest}.tar.gz").read_bytes() == layer.data
