@@ -12,9 +12,11 @@ import ctypes
 import errno
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from contextlib import suppress
@@ -75,24 +77,127 @@ def log_path(mountpoint: Path) -> Path:
     return state_dir() / f"{name}.log"
 
 
-def check_mountpoint(path: Path) -> None:
-    """A usable mountpoint; a dead regfs mount left by a killed process is cleaned up."""
+# Whatever regfs mounts says so in /proc/self/mountinfo (subtype=regfs): how a dead regfs
+# mount is told apart from someone else's mount on the same path.
+REGFS_FSTYPE = "fuse.regfs"
+PROBE_SECONDS = 5.0  # how long a mount's process may take to answer statfs before "hung"
+
+
+@dataclass(frozen=True)
+class MountEntry:
+    """One line of /proc/self/mountinfo, the fields regfs looks at."""
+
+    mountpoint: str
+    fstype: str
+    device: str  # major:minor
+
+
+def _unescape(field: bytes) -> str:
+    """A mountinfo field: the kernel writes space, tab, newline and backslash as \\ooo."""
+    return os.fsdecode(re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), field))
+
+
+def mount_path(path: Path) -> str:
+    """The path as mountinfo shows a mount on it: its directory resolved, not the path itself,
+    whose lstat would reach the mount's process (a dead one's answer is ENOTCONN, a hung
+    one's never comes, and our own, asked from the thread that serves it, deadlocks)."""
+    path = path.absolute()  # not abspath: `link/..` is the link's target's parent
+    if path.name in ("", ".", ".."):
+        return os.path.realpath(path)
+    return os.path.join(os.path.realpath(path.parent), path.name)
+
+
+def mounts_at(path: Path | str, mountinfo_file: str = "/proc/self/mountinfo") -> list[MountEntry]:
+    """The mounts on exactly this path, bottom first: the last is the one a lookup of the
+    path reaches. The path itself is not looked at (see mount_path)."""
+    target = mount_path(Path(path))
+    found = []
+    with suppress(OSError), open(mountinfo_file, "rb") as mountinfo:
+        for line in mountinfo:
+            fields = line.split()
+            try:  # id parent major:minor root mountpoint options [optional...] - fstype ...
+                fstype = fields[fields.index(b"-", 6) + 1]
+            except (ValueError, IndexError):
+                continue
+            if _unescape(fields[4]) == target:
+                found.append(MountEntry(target, _unescape(fstype), fields[2].decode()))
+    return found
+
+
+def daemon_answers(path: str | Path, timeout: float = PROBE_SECONDS) -> bool | None:
+    """Whether the process serving a FUSE mount answers: True, False when the connection is
+    gone (ENOTCONN: the process died), None when it does not answer in time (hung, stopped).
+
+    statfs always reaches the process, where a stat of the mount root may be answered from
+    the kernel's attribute cache long after the process died. In a thread: a hung mount
+    would block the caller for as long as it hangs.
+    """
+    outcome: list[BaseException | None] = []
+
+    def probe() -> None:
+        try:
+            os.statvfs(path)
+            outcome.append(None)
+        except OSError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=probe, name="probe-mount", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not outcome:
+        return None
+    error = outcome[0]
+    # Any other answer, an error included, came from a process that is there.
+    return not (isinstance(error, OSError) and error.errno == errno.ENOTCONN)
+
+
+def clean_dead_mount(path: Path) -> int:
+    """Unmount dead regfs mounts on `path` (left by a killed process), saying how many; refuse
+    a live or hung one. Other filesystems on the path are left alone (check_mountpoint
+    refuses them)."""
+    target = mount_path(path)
+    for cleaned in range(16):  # dead mounts may be stacked, one per killed process
+        entries = mounts_at(target)
+        if not entries or entries[-1].fstype != REGFS_FSTYPE:
+            return cleaned
+        answers = daemon_answers(target)
+        if answers:
+            raise MountError(f"{path} is already a regfs mount (regfs umount {path} first)")
+        if answers is None:
+            raise MountError(
+                f"{path} is a regfs mount whose process does not answer "
+                f"(stop it, or fusermount3 -u -z {path})"
+            )
+        result = subprocess.run(
+            ["fusermount3", "-u", "-z", target], capture_output=True, text=True, check=False
+        )
+        if result.returncode != 0 or len(mounts_at(target)) >= len(entries):
+            reason = result.stderr.strip() or "it is still mounted"
+            raise MountError(f"{path}: could not clean up a dead regfs mount: {reason}")
+    raise MountError(f"{path}: too many dead regfs mounts stacked on it")
+
+
+def check_mountpoint(path: Path) -> int:
+    """A usable mountpoint; dead regfs mounts left by killed processes are cleaned up (their
+    number is returned, for the log)."""
+    cleaned = clean_dead_mount(path)
     try:
         os.stat(path)
     except OSError as exc:
-        if exc.errno == errno.ENOTCONN:
-            log.info("cleaning up a dead mount at %s", path)
-            subprocess.run(["fusermount3", "-u", "-z", str(path)], check=False, capture_output=True)
-        elif exc.errno == errno.ENOENT:
+        if exc.errno == errno.ENOENT:
             raise MountError(f"mountpoint {path} does not exist") from None
-        else:
-            raise MountError(f"mountpoint {path}: {exc.strerror}") from None
+        if exc.errno == errno.ENOTCONN:  # dead, but not ours: its owner should clean it
+            raise MountError(
+                f"{path} is a dead mount of another filesystem (fusermount3 -u {path})"
+            ) from None
+        raise MountError(f"mountpoint {path}: {exc.strerror}") from None
     if not path.is_dir():
         raise MountError(f"mountpoint {path} is not a directory")
     if os.path.ismount(path):
         raise MountError(f"{path} is already a mountpoint")
     if not os.path.exists("/dev/fuse"):
         raise MountError("/dev/fuse is missing: load the fuse module or install fuse3")
+    return cleaned
 
 
 def setup_logging(config: MountConfig, *, to_file: bool) -> None:
@@ -116,9 +221,15 @@ def setup_logging(config: MountConfig, *, to_file: bool) -> None:
 def run(config: MountConfig) -> int:
     """Mount; detached unless --foreground, returning only once the mount is live."""
     config.mountpoint = config.mountpoint.absolute()
-    check_mountpoint(config.mountpoint)
+    cleaned = check_mountpoint(config.mountpoint)
+
+    def log_cleaned() -> None:  # once logging goes where this mount's log goes
+        if cleaned:
+            log.info("cleaned up %d dead regfs mount(s) at %s", cleaned, config.mountpoint)
+
     if config.foreground:
         setup_logging(config, to_file=False)
+        log_cleaned()
         trio.run(serve, config, lambda: None)
         return 0
     read_fd, write_fd = os.pipe()
@@ -139,6 +250,7 @@ def run(config: MountConfig) -> int:
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
         setup_logging(config, to_file=True)
+        log_cleaned()
 
         def ready() -> None:
             os.write(write_fd, b"ready")
@@ -248,14 +360,8 @@ def mount_device(mountpoint: Path) -> str | None:
 
     Not os.stat: a stat of our own mountpoint from the thread that serves it deadlocks.
     """
-    target = str(mountpoint.absolute())
-    found = None
-    with suppress(OSError), open("/proc/self/mountinfo") as mountinfo:
-        for line in mountinfo:
-            fields = line.split()
-            if len(fields) > 4 and fields[4].encode().decode("unicode_escape") == target:
-                found = fields[2]  # the last (topmost) mount wins
-    return found
+    entries = mounts_at(mountpoint)
+    return entries[-1].device if entries else None  # the last (topmost) mount wins
 
 
 def _raise_read_ahead(mountpoint: Path) -> None:

@@ -214,6 +214,18 @@ def finished_line(item: Item, name: str) -> str:
     return f"done   {name}  {human(item.size)} in {took:.1f}s ({rate})"
 
 
+def summary_line(ok: int, files: int, done: int, wall: float, reading: float) -> str:
+    """The last line: bytes over the command's wall time. Finding the files (listing tags,
+    resolving manifests) may take most of it: then what reading alone took is said too."""
+    rate, _ = _rate_eta(done, done, wall)
+    line = f"prefetched {ok} of {files} files, {human(done)} in {wall:.1f}s ({rate})"
+    finding = wall - reading
+    if finding >= 1.0 and finding >= 0.1 * wall:
+        reading_rate, _ = _rate_eta(done, done, reading)
+        line += f"; finding them took {finding:.1f}s, reading {reading:.1f}s ({reading_rate})"
+    return line + "\n"
+
+
 class Display(Protocol):
     def finished(self, item: Item) -> None: ...
     def update(self, job: Prefetch, now: float, *, force: bool = False) -> None: ...
@@ -373,6 +385,7 @@ def run(
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
     tty = out.isatty() if tty is None else tty
+    started = time.monotonic()  # the summary is the user's wait: walking the mount included
     work = plan(paths)
     for path, why in work.errors:
         err.write(f"regfs prefetch: {path}: {why}\n")
@@ -400,10 +413,6 @@ def run(
     for item in failed:
         err.write(f"regfs prefetch: {item.path}: {item.error}\n")
     ok = len(work.items) - len(failed)
-    rate, _ = _rate_eta(job.done_bytes, job.total, now - job.started)
-    out.write(
-        f"prefetched {ok} of {len(work.items)} files, {human(job.done_bytes)} "
-        f"in {now - job.started:.1f}s ({rate})\n"
-    )
+    out.write(summary_line(ok, len(work.items), job.done_bytes, now - started, now - job.started))
     out.flush()
     return EXIT_FAILURE if failed or work.errors else EXIT_OK

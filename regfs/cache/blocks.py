@@ -6,6 +6,10 @@ however many readers want it; a sequential reader gets readahead that grows with
 into several ranged requests in flight at once (a CDN that throttles each connection still
 gives several times one connection's rate).
 
+A readahead request is owned by the streams (open files) it was started for, or that found
+it in their window; when the last of them closes and no reader waits on a block of it, it is
+cancelled (flights.py): closing a file stops fetching ahead of it.
+
 Each blob read through the cache is hashed as its blocks go by in order. A digest mismatch
 purges every block of that attempt (memory and disk) and begins the blob's next generation:
 a block read or fetched for an older generation is dropped, never served or kept.
@@ -17,7 +21,6 @@ import hashlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 
 import trio
 from cachetools import LRUCache
@@ -25,7 +28,10 @@ from cachetools import LRUCache
 from ..errors import IntegrityError, OfflineError
 from .blob import SMALL_BLOB, BlobRef, blocking
 from .disk import DiskCache
-from .readahead import Readahead, ReadaheadWindow
+from .flights import Flight, Run
+from .readahead import Readahead
+from .readahead import ReadStream as ReadStream  # where it was before: imported from here
+from .state import BlobState, CacheStats
 
 log = logging.getLogger(__name__)
 
@@ -33,50 +39,6 @@ DEFAULT_BLOCK_SIZE = 4 << 20
 
 
 # -- the cache ---------------------------------------------------------------------------
-
-
-@dataclass
-class CacheStats:
-    memory_hits: int = 0
-    disk_hits: int = 0
-    misses: int = 0
-    verified: int = 0
-    failed: int = 0
-    purges: int = 0
-
-
-@dataclass
-class _Flight:
-    """One block on its way: readers wait on `done`; `error` says why it did not come."""
-
-    done: trio.Event = field(default_factory=trio.Event)
-    error: BaseException | None = None
-
-
-@dataclass
-class _BlobState:
-    """Verification of one attempt at a blob as its blocks go by in order."""
-
-    algorithm: str
-    hasher: hashlib._Hash
-    # Which attempt: a purge after a digest mismatch, or a verified blob that lost blocks and
-    # is checked again, begins the next generation with a fresh state.
-    generation: int = 0
-    hashed_blocks: int = 0
-    verified: bool = False
-    lock: trio.Lock = field(default_factory=trio.Lock)
-    background: int = 0  # readahead requests in flight
-    landed: bool = False  # a block landed while the hasher held the lock: look again
-
-
-@dataclass
-class ReadStream(ReadaheadWindow):
-    """Per open file: where the last read ended, and how far ahead to fetch."""
-
-    # Failed verifications of the blob when this handle first read it: a handle that lived
-    # through a failure gets EIO from then on, so the kernel cannot re-read the purged part
-    # and complete a whole-file read with bytes that were never checked.
-    failures_seen: int | None = None
 
 
 class BlockCache:
@@ -100,8 +62,8 @@ class BlockCache:
         self.request_blocks = max(1, request_bytes // block_size)
         self.max_background = max_background
         self.offline = offline
-        self.flights: dict[tuple[str, int], _Flight] = {}
-        self.states: dict[str, _BlobState] = {}
+        self.flights: dict[tuple[str, int], Flight] = {}
+        self.states: dict[str, BlobState] = {}
         self.stats = CacheStats()
         self.failures: dict[str, int] = {}  # digest -> failed verifications
         self._nursery: trio.Nursery | None = None
@@ -136,11 +98,11 @@ class BlockCache:
     def in_flight(self) -> int:
         return len(self.flights)
 
-    def _state(self, blob: BlobRef) -> _BlobState:
+    def _state(self, blob: BlobRef) -> BlobState:
         state = self.states.get(blob.digest)
         if state is None:
             algorithm = blob.digest.split(":", 1)[0]
-            state = _BlobState(algorithm, hashlib.new(algorithm))
+            state = BlobState(algorithm, hashlib.new(algorithm))
             state.verified = self.disk is not None and self.disk.is_verified(blob.digest)
             self.states[blob.digest] = state
         return state
@@ -150,7 +112,7 @@ class BlockCache:
         state = self.states.get(digest)
         if state is not None:
             algorithm = state.algorithm
-            self.states[digest] = _BlobState(
+            self.states[digest] = BlobState(
                 algorithm, hashlib.new(algorithm), generation=state.generation + 1
             )
 
@@ -209,7 +171,7 @@ class BlockCache:
                 return data
             flight = self.flights.get(key)
             if flight is not None:
-                await flight.done.wait()
+                await flight.wait()
                 if flight.error is not None:
                     raise flight.error
                 if self.failures.get(blob.digest, 0) > failures_before:
@@ -248,8 +210,9 @@ class BlockCache:
         start, end = self.block_range(blob.size, index)
         return end - start
 
-    def _start_fetch(self, blob: BlobRef, first: int, stop: int, *, background: bool) -> None:
-        """Fetch blocks [first, stop) — those not already cached or on their way — in one request."""
+    def _start_fetch(self, blob: BlobRef, first: int, stop: int, *, background: bool) -> Run | None:
+        """Fetch blocks [first, stop) — those not already cached or on their way — in one
+        request; a background (readahead) one is returned as the Run that can stop it."""
         indexes = []
         for index in range(first, stop):
             if (blob.digest, index) in self.flights or (
@@ -258,7 +221,7 @@ class BlockCache:
                 break
             indexes.append(index)
         if not indexes:
-            return
+            return None
         if self._nursery is None:
             raise RuntimeError("BlockCache used outside running()")
         state = self._state(blob)
@@ -269,17 +232,18 @@ class BlockCache:
             self._next_generation(blob.digest)
             if self.disk is not None:
                 self.disk.unverify(blob.digest)
-        flights = {i: _Flight() for i in indexes}
+        run = Run(blob.digest) if background else None
+        flights = {i: Flight(run=run) for i in indexes}
         for i, flight in flights.items():
             self.flights[(blob.digest, i)] = flight
-        if background:
+        if run is not None:
+            run.flights = flights
             self._state(blob).background += 1
-        self._nursery.start_soon(
-            self._fetch_run, blob, indexes[0], indexes[-1] + 1, flights, background
-        )
+        self._nursery.start_soon(self._fetch_run, blob, indexes[0], indexes[-1] + 1, flights, run)
+        return run
 
     async def _fetch_run(
-        self, blob: BlobRef, first: int, stop: int, flights: dict[int, _Flight], background: bool
+        self, blob: BlobRef, first: int, stop: int, flights: dict[int, Flight], run: Run | None
     ) -> None:
         state = self._state(blob)
         index = first
@@ -304,9 +268,11 @@ class BlockCache:
                     if self._superseded(blob.digest, state.generation):  # purged while we wrote
                         self.memory.pop((blob.digest, index), None)
                         if self.disk is not None:
-                            await trio.to_thread.run_sync(
-                                self.disk.purge, blob.digest, blob.registry
-                            )
+                            # Shielded: a readahead stopped now must not leave the block.
+                            with trio.CancelScope(shield=True):
+                                await trio.to_thread.run_sync(
+                                    self.disk.purge, blob.digest, blob.registry
+                                )
                 self._land(blob.digest, index, flights[index], None)
                 index += 1
                 await self._hash_in_order(blob)
@@ -314,20 +280,24 @@ class BlockCache:
         start = first * self.block_size
         end = min(blob.size, stop * self.block_size)
         try:
-            await blob.source.fetch(start, end, sink)
+            # A readahead run stops when its readers closed (flights.Run.disown): the block
+            # it was receiving is dropped, those before it stay.
+            with trio.CancelScope() if run is None else run.scope:
+                await blob.source.fetch(start, end, sink)
         except Exception as exc:
             for i in range(index, stop):
                 self._land(blob.digest, i, flights[i], exc)
-            if not background:
+            if run is None:
                 return  # the waiting readers raise it
             log.info("readahead of %s stopped: %s", blob.digest[:19], exc)
         finally:
             for i in range(index, stop):  # cancelled: readers will try again
                 self._land(blob.digest, i, flights[i], None)
-            if background:
+            if run is not None:
+                run.finished = True
                 state.background -= 1
 
-    def _land(self, digest: str, index: int, flight: _Flight, error: BaseException | None) -> None:
+    def _land(self, digest: str, index: int, flight: Flight, error: BaseException | None) -> None:
         if self.flights.get((digest, index)) is flight:
             del self.flights[(digest, index)]
         if not flight.done.is_set():
@@ -373,7 +343,10 @@ class BlockCache:
         index = ahead.start
         while index < ahead.stop and state.background < self.max_background:
             key = (blob.digest, index)
-            if key in self.flights or key in self.memory:
+            flight = self.flights.get(key)
+            if flight is not None or key in self.memory:
+                if flight is not None and flight.run is not None:
+                    stream.owned.adopt(flight.run)  # another's readahead, in this window too
                 index += 1
                 continue
             if self.disk is not None and self.disk.has_block(blob.digest, index, blob.registry):
@@ -383,17 +356,30 @@ class BlockCache:
             if state.verified:
                 break  # a verified blob missing a block: only a reader's need refetches it
             chunk_stop = min(ahead.stop, index + self.request_blocks)
-            self._start_fetch(blob, index, chunk_stop, background=True)
+            run = self._start_fetch(blob, index, chunk_stop, background=True)
+            if run is not None:
+                stream.owned.adopt(run)
             index = chunk_stop
         self.readahead.looked_at(stream, index)
 
+    def close_stream(self, stream: ReadStream) -> None:
+        """Its file was closed: readahead requests started for it (or adopted) that no other
+        open stream's window holds and no reader waits on stop; what arrived stays."""
+        stopped = stream.owned.close()
+        for run in stopped:
+            for index, flight in run.flights.items():  # a reader after this fetches afresh
+                self._land(run.digest, index, flight, None)
+        if stopped:
+            self.stats.readahead_stopped += len(stopped)
+            log.debug("a reader closed: %d readahead request(s) stopped", len(stopped))
+
     def _start_load(self, blob: BlobRef, index: int) -> None:
         assert self._nursery is not None
-        flight = self.flights[(blob.digest, index)] = _Flight()
+        flight = self.flights[(blob.digest, index)] = Flight()
         self._state(blob).background += 1
         self._nursery.start_soon(self._load_run, blob, index, flight)
 
-    async def _load_run(self, blob: BlobRef, index: int, flight: _Flight) -> None:
+    async def _load_run(self, blob: BlobRef, index: int, flight: Flight) -> None:
         """Read one block from disk into memory; readers of it wait on its flight."""
         state = self._state(blob)
         try:
@@ -412,7 +398,7 @@ class BlockCache:
 
     # -- verification -------------------------------------------------------------------
 
-    async def _advance_hash(self, blob: BlobRef, state: _BlobState, *, fetch_missing: bool) -> None:
+    async def _advance_hash(self, blob: BlobRef, state: BlobState, *, fetch_missing: bool) -> None:
         """Feed the blob's blocks to its hasher in order, as far as they are at hand."""
         total = self.blocks(blob.size)
         async with state.lock:
@@ -443,15 +429,17 @@ class BlockCache:
             if not state.verified and state.hashed_blocks == total:
                 await self._finish(blob, state)
 
-    async def _finish(self, blob: BlobRef, state: _BlobState) -> None:
+    async def _finish(self, blob: BlobRef, state: BlobState) -> None:
         actual = f"{state.algorithm}:{state.hasher.hexdigest()}"
         if actual == blob.digest:
             state.verified = True
             self.stats.verified += 1
             if self.disk is not None:
-                await blocking(
-                    blob.size <= SMALL_BLOB, self.disk.promote, blob.digest, blob.registry
-                )
+                # Shielded: a readahead stopped (or an unmount) now must not lose the verdict.
+                with trio.CancelScope(shield=True):
+                    await blocking(
+                        blob.size <= SMALL_BLOB, self.disk.promote, blob.digest, blob.registry
+                    )
             log.debug("verified %s", blob.digest)
             return
         log.error("blob %s does not match its digest (got %s): purged", blob.digest, actual)

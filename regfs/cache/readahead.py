@@ -4,7 +4,9 @@ order and closes on a seek. The block cache decides what to do with each block i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from .flights import Owned
 
 
 @dataclass
@@ -14,6 +16,18 @@ class ReadaheadWindow:
     next_offset: int = 0  # where the last read ended
     window: int = 0  # bytes to look ahead of the last block read
     scheduled: int = 0  # blocks below this index were looked at for this window already
+
+
+@dataclass
+class ReadStream(ReadaheadWindow):
+    """Per open file: its window, the readahead requests it owns until it closes (the block
+    cache's close_stream), and what it has seen of the blob's verification."""
+
+    # Failed verifications of the blob when this handle first read it: a handle that lived
+    # through a failure gets EIO from then on, so the kernel cannot re-read the purged part
+    # and complete a whole-file read with bytes that were never checked.
+    failures_seen: int | None = None
+    owned: Owned = field(default_factory=Owned)
 
 
 class Readahead:

@@ -30,7 +30,7 @@ from ..errors import (
     TransientError,
 )
 from .nodes import Dir, Node, Symlink
-from .table import InodeTable
+from .table import DOTS, InodeTable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -176,10 +176,14 @@ class Operations(pyfuse3.Operations):
             if not pyfuse3.readdir_reply(token, _encoded(name), attrs, position):
                 # The kernel's buffer is full: entries it did not take hold no reference, so
                 # their inodes go (unless looked up before), or each listing would add more.
-                for _, unsent, _ in entries[position - start_id - 1 :]:
-                    self.tree.forget(unsent.inode, 0)
+                for unsent_name, unsent, _ in entries[position - start_id - 1 :]:
+                    if unsent_name not in DOTS:
+                        self.tree.forget(unsent.inode, 0)
                 return
-            self.tree.remember(child)
+            # `.` and `..` take no reference: the kernel makes no entry of them (pyfuse3's
+            # readdir: "must not increase the lookup count" for them).
+            if name not in DOTS:
+                self.tree.remember(child)
 
     async def releasedir(self, fh: int) -> None:
         self.tree.releasedir(fh)

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
-from typing import ClassVar, Protocol
+from typing import ClassVar, Protocol, runtime_checkable
 
 NO_XATTRS: Mapping[str, bytes] = MappingProxyType({})
 
@@ -175,6 +175,14 @@ class FileHandle(Protocol):
     async def read(self, offset: int, size: int) -> bytes:
         """Exactly [offset, offset+size), short only at the end of the file."""
         ...
+
+
+@runtime_checkable
+class ReleasableHandle(Protocol):
+    """A handle that wants to hear when its file is closed (the kernel's release: no read
+    follows), to stop work done on its behalf, such as readahead. Must not block or raise."""
+
+    def release(self) -> None: ...
 
 
 class File(Node):

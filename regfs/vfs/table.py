@@ -11,11 +11,14 @@ import logging
 from dataclasses import dataclass
 
 from ..errors import NotFoundError
-from .nodes import Dir, File, FileHandle, Node
+from .nodes import Dir, File, FileHandle, Node, ReleasableHandle
 
 log = logging.getLogger(__name__)
 
 ROOT_INODE = 1
+# Every listing begins with these (offsets 0 and 1), as `ls -a` expects; the kernel takes no
+# reference to them, so they carry no lookup count, and no node is ever named so.
+DOTS = (".", "..")
 
 Listing = list[tuple[str, Node]]
 
@@ -40,6 +43,7 @@ class InodeTable:
         self.lookups: dict[int, int] = {}
         self.files: dict[int, OpenFile] = {}
         self.dirs: dict[int, OpenDir] = {}
+        self.parents: dict[int, int] = {}  # directory inode → the inode it was found in
         self._open_files: dict[int, int] = {}  # inode → open handles: they keep the inode
         self._next_inode = ROOT_INODE + 1
         self._next_handle = 1
@@ -82,6 +86,7 @@ class InodeTable:
         self.lookups.pop(inode, None)
         if inode not in self._open_files:
             self.nodes.pop(inode, None)
+            self.parents.pop(inode, None)
 
     async def lookup(self, parent_inode: int, name: str) -> Node:
         parent = self.directory(parent_inode)
@@ -91,15 +96,30 @@ class InodeTable:
         if node is None:
             raise NotFoundError(name)
         self.remember(node)
+        self._found_in(node, parent_inode)
         return node
 
     async def listdir(self, inode: int) -> Listing:
-        """The directory's entries by name, each with an inode number."""
+        """The directory's entries by name, each with an inode number (no `.` or `..`)."""
         entries = await self.directory(inode).entries()
-        listing = sorted(entries.items(), key=lambda item: item[0])
+        listing = sorted(
+            ((name, node) for name, node in entries.items() if name not in DOTS),
+            key=lambda item: item[0],
+        )
         for _, child in listing:
             self._register(child)
+            self._found_in(child, inode)
         return listing
+
+    def _found_in(self, node: Node, parent_inode: int) -> None:
+        if isinstance(node, Dir):
+            self.parents[node.inode] = parent_inode
+
+    def parent_of(self, directory: Dir) -> Dir:
+        """The directory `..` names: the one it was last found in (the root's is itself, as
+        is a directory's whose parent the table has let go of: only `ls -ai` shows it)."""
+        parent = self.nodes.get(self.parents.get(directory.inode, directory.inode))
+        return parent if isinstance(parent, Dir) else directory
 
     # -- directory handles ----------------------------------------------------------------
 
@@ -109,7 +129,8 @@ class InodeTable:
         return fh
 
     async def readdir(self, fh: int, start: int) -> Listing:
-        """The entries after offset `start` of an open directory; offset n is its n-th entry.
+        """The entries after offset `start` of an open directory: `.` and `..`, then its
+        entries by name; offset n is the n-th of them.
 
         Offsets index a snapshot of the listing taken when a reader starts (offset 0) and kept
         until releasedir, so a directory that changes between two calls (a tag list refreshed
@@ -120,10 +141,11 @@ class InodeTable:
         opened = self.dirs[fh]
         if start == 0 or opened.listing is None:  # a new reader, or a rewinddir
             opened.listing = await self.listdir(opened.node.inode)
-        listing = opened.listing[start:]
+        dots: Listing = [(".", opened.node), ("..", self.parent_of(opened.node))]
+        listing = opened.listing[max(0, start - len(dots)) :]
         for _, child in listing:
             self._register(child)  # again: one not taken before may have lost its number
-        return listing
+        return dots[start:] + listing
 
     def releasedir(self, fh: int) -> None:
         self.dirs.pop(fh, None)
@@ -147,6 +169,11 @@ class InodeTable:
         opened = self.files.pop(fh, None)
         if opened is None:
             return
+        if isinstance(opened.handle, ReleasableHandle):
+            try:
+                opened.handle.release()
+            except Exception:  # the kernel's release cannot fail: the handle is gone anyway
+                log.exception("release of %r", opened.node)
         inode = opened.node.inode
         left = self._open_files.get(inode, 0) - 1
         if left > 0:

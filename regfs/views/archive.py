@@ -91,6 +91,10 @@ class SegmentedHandle:
         stream.window = next_window
         return b"".join(parts)
 
+    def release(self) -> None:
+        for local in self.blob_streams.values():  # each blob's readahead stops
+            self.file.cache.close_stream(local)
+
 
 def image_tar(image: ResolvedImage, lay: oci.Layout) -> SegmentedFile:
     """image.tar: docker-archive (manifest.json) and OCI archive (index.json) in one."""

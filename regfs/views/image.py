@@ -65,6 +65,9 @@ class BlobHandle:
     async def read(self, offset: int, size: int) -> bytes:
         return await self.cache.read(self.blob, offset, size, self.stream)
 
+    def release(self) -> None:
+        self.cache.close_stream(self.stream)  # its readahead stops (vfs ReleasableHandle)
+
 
 def config_created(raw: bytes) -> float:
     """The config's `created` as a timestamp (0 when absent or malformed)."""

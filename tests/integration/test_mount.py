@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
 import hashlib
 import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -16,9 +18,19 @@ from pathlib import Path
 
 import pytest
 
+from regfs.mount import mounts_at
 from tests.fixtures._net import free_port, wait_until
 from tests.fixtures.images import File, PushedImage, make_layer, push_image
-from tests.fixtures.mounting import REGFS, Mount, force_unmount, is_mounted, mounted, run_regfs
+from tests.fixtures.mounting import (
+    REGFS,
+    Mount,
+    daemon_pid,
+    force_unmount,
+    is_mounted,
+    mounted,
+    process_gone,
+    run_regfs,
+)
 from tests.fixtures.registry import RegistryServer
 from tests.fixtures.seed import ALICE, Seeded
 from tests.fixtures.token_issuer import TokenIssuer
@@ -180,27 +192,103 @@ def test_signal_unmounts_a_foreground_mount(
         force_unmount(path)
 
 
+def _mount_again(
+    tmp_path: Path, registry: RegistryServer, path: Path, name: str
+) -> subprocess.CompletedProcess[str]:
+    # Not `mounted`: it would look at the mountpoint itself. Run the command as a user would.
+    env = no_credentials_env(tmp_path) | {"XDG_STATE_HOME": str(tmp_path / f"{name}-state")}
+    args = ["mount", "--registry", registry.url, "--cache-dir", str(tmp_path / f"{name}-c")]
+    return run_regfs([*args, str(path)], env=env)
+
+
+@pytest.mark.parametrize("detached", [True, False], ids=["detached", "foreground"])
 def test_a_mount_killed_with_sigkill_is_cleaned_up_by_the_next_mount(
-    tmp_path: Path, registry: RegistryServer, seeded: Seeded
+    tmp_path: Path, registry: RegistryServer, seeded: Seeded, detached: bool
 ) -> None:
     path = tmp_path / "mnt"
     path.mkdir()
-    proc = _foreground(tmp_path, registry, path)
-    try:
-        proc.kill()
-        proc.wait(timeout=60)
-        assert is_mounted(path)  # dead: ENOTCONN for anyone who looks
+    manifest = path / "library" / "hello" / "latest" / "manifest.json"
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(force_unmount, path)
+        if detached:
+            cleanup.enter_context(mounted(tmp_path, registry.url, env=no_credentials_env(tmp_path)))
+            pid = daemon_pid(path)
+        else:
+            proc = _foreground(tmp_path, registry, path)
+            cleanup.callback(_reap, proc)
+            pid = proc.pid
+        assert manifest.read_bytes() == seeded.hello.manifest_bytes
+        # The kernel now holds the root's attributes: a stat of the dead mount is answered
+        # from them, the trap the old check (stat → ENOTCONN) fell into.
+        os.stat(path)
+        os.kill(pid, signal.SIGKILL)
+        if not detached:
+            proc.wait(timeout=60)
+        wait_until(lambda: process_gone(pid), timeout=60, what="the mount's process to die")
+        assert is_mounted(path)
         with pytest.raises(OSError) as raised:
             os.listdir(path)
         assert raised.value.errno == errno.ENOTCONN
-        # `mounted` would stat the dead mountpoint itself: run the command as a user would.
-        env = no_credentials_env(tmp_path) | {"XDG_STATE_HOME": str(tmp_path / "state2")}
-        args = ["mount", "--registry", registry.url, "--cache-dir", str(tmp_path / "c2")]
-        result = run_regfs([*args, str(path)], env=env)
+
+        result = _mount_again(tmp_path, registry, path, "again")
         assert result.returncode == 0, result.stderr
-        manifest = path / "library" / "hello" / "latest" / "manifest.json"
         assert manifest.read_bytes() == seeded.hello.manifest_bytes
+        assert len(mounts_at(path)) == 1, mounts_at(path)  # the dead one is gone, not under
+        log = "\n".join(p.read_text() for p in (tmp_path / "again-state").rglob("*.log"))
+        assert "cleaned up 1 dead regfs mount" in log
+
+
+def _reap(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+
+
+def test_a_live_mount_is_refused(tmp_path: Path, registry: RegistryServer, seeded: Seeded) -> None:
+    with mounted(tmp_path, registry.url, env=no_credentials_env(tmp_path)) as m:
+        result = _mount_again(tmp_path, registry, m.path, "again")
+        assert result.returncode == 1
+        assert result.stderr.strip() == (
+            f"regfs: {m.path} is already a regfs mount (regfs umount {m.path} first)"
+        )
+        manifest = m.path / "library" / "hello" / "latest" / "manifest.json"
+        assert manifest.read_bytes() == seeded.hello.manifest_bytes  # untouched, still serving
+        assert len(mounts_at(m.path)) == 1
+
+
+@pytest.mark.parametrize("alive", [True, False], ids=["live", "dead"])
+def test_another_filesystem_on_the_path_is_refused_live_or_dead(
+    tmp_path: Path, registry: RegistryServer, alive: bool
+) -> None:
+    """A FUSE filesystem that is not regfs (the benchmarks' ceiling): refused while it runs,
+    and left alone (not cleaned up) once its process is killed."""
+    path = tmp_path / "other"
+    path.mkdir()
+    ceiling = Path(__file__).resolve().parents[2] / "scripts" / "bench_ceiling.py"
+    proc = subprocess.Popen(
+        [sys.executable, str(ceiling), str(path), "4096"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(ceiling.parents[1])),
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        assert [e.fstype for e in mounts_at(path)] == ["fuse.regfs-ceiling"]
+        if not alive:  # killed before anyone looked: a stat of it is ENOTCONN
+            proc.kill()
+            proc.wait(timeout=60)
+        result = _mount_again(tmp_path, registry, path, "again")
+        assert result.returncode == 1, result.stderr
+        words = "already a mountpoint" if alive else "dead mount of another filesystem"
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and words in lines[0], result.stderr
+        assert [e.fstype for e in mounts_at(path)] == ["fuse.regfs-ceiling"]  # not ours to clean
     finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
         force_unmount(path)
 
 
@@ -443,3 +531,33 @@ def test_stats_document(shared: Mount) -> None:
     assert {"bytes_fetched_by_host", "cache", "blobs", "errors"} <= set(stats)
     time.sleep(0)  # the document is generated at open: reading it twice always parses
     assert json.loads((shared.path / ".regfs" / "stats.json").read_text())["registry"]
+
+
+def test_ls_a_shows_dot_and_dotdot_and_walkers_do_not_follow_them(
+    shared: Mount, seeded: Seeded, tmp_path: Path
+) -> None:
+    image = shared.path / "library" / "hello" / "latest"
+    names = subprocess.run(["ls", "-a", str(image)], capture_output=True, text=True, check=True)
+    assert names.stdout.split()[:2] == [".", ".."]
+    assert set(names.stdout.split()[2:]) == set(os.listdir(image))
+    # The inode numbers they carry are those of the directory and of its parent.
+    listed = subprocess.run(["ls", "-ai", str(image / "layers")], capture_output=True, text=True)
+    inodes = {name: number for number, name in map(str.split, listed.stdout.splitlines())}
+    assert int(inodes["."]) == os.stat(image / "layers").st_ino
+    assert int(inodes[".."]) == os.stat(image).st_ino
+    # find, ls -R and cp -r see each entry once and never walk into `.` or `..`.
+    walked = {str(image)}
+    for top, dirs, files in os.walk(image):
+        walked |= {os.path.join(top, name) for name in dirs + files}
+    found = subprocess.run(["find", str(image)], capture_output=True, text=True, timeout=60)
+    assert found.returncode == 0, found.stderr
+    assert sorted(found.stdout.splitlines()) == sorted(walked)
+    recursive = subprocess.run(["ls", "-R", str(image)], capture_output=True, text=True, timeout=60)
+    assert recursive.returncode == 0 and "/./" not in recursive.stdout
+    real_dirs = [p for p in walked if os.path.isdir(p) and not os.path.islink(p)]
+    assert recursive.stdout.count(":\n") == len(real_dirs)
+    copy = tmp_path / "layers-copy"
+    subprocess.run(["cp", "-r", str(image / "layers"), str(copy)], check=True, timeout=60)
+    assert sorted(os.listdir(copy)) == sorted(os.listdir(image / "layers"))
+    for layer in seeded.hello.layers:
+        assert (copy / f"{layer.digest}.tar.gz").read_bytes() == layer.data

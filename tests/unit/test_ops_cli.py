@@ -11,11 +11,19 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from regfs import cachectl
+from regfs import cachectl, prefetch
 from regfs.cache import disk as disk_tier
 from regfs.cache.disk import DiskCache
 from regfs.cli import build_parser, helper_args, is_helper_form
-from regfs.prefetch import Item, LiveDisplay, PlainDisplay, Prefetch, display_names, plan
+from regfs.prefetch import (
+    Item,
+    LiveDisplay,
+    PlainDisplay,
+    Prefetch,
+    display_names,
+    plan,
+    summary_line,
+)
 from regfs.status import render_status
 
 DIGEST_A = "sha256:" + "a" * 64
@@ -100,6 +108,63 @@ def test_display_redraws_on_a_terminal_and_writes_plain_lines_otherwise() -> Non
     text = plain_out.getvalue()
     assert "\x1b" not in text
     assert "25%" in text and "done   /m/a.tar.gz" in text
+
+
+class FakeClock:
+    """time.monotonic for prefetch: moves only when the test moves it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("tty", [False, True])
+def test_prefetch_summary_reports_the_wall_time_walking_the_mount_included(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tty: bool
+) -> None:
+    image = tmp_path / "repo" / "tag"
+    _image(image, [DIGEST_A])
+    clock = FakeClock()
+    real_plan = prefetch.plan
+
+    def slow_plan(paths: list[Path]) -> prefetch.Plan:
+        planned = real_plan(paths)
+        clock.now += 44.8  # resolving tags and manifests on a slow registry
+        return planned
+
+    def slow_read(self: Prefetch, item: Item) -> None:
+        item.started = clock.now
+        item.done = item.size
+        clock.now += 0.2 / 3  # each of the three files
+        item.finished = clock.now
+
+    monkeypatch.setattr(prefetch, "time", clock)
+    monkeypatch.setattr(prefetch, "plan", slow_plan)
+    monkeypatch.setattr(Prefetch, "_read", slow_read)
+    out, err = io.StringIO(), io.StringIO()
+    assert prefetch.run([image], jobs=1, out=out, err=err, tty=tty) == 0
+    [summary] = [line for line in _visible_lines(out.getvalue()) if "prefetched" in line]
+    assert summary == (
+        "prefetched 3 of 3 files, 14 B in 45.0s (0 B/s); "
+        "finding them took 44.8s, reading 0.2s (70 B/s)"
+    )
+
+
+def test_summary_line_says_the_reading_time_only_when_finding_took_long() -> None:
+    assert (
+        summary_line(5, 5, 3 << 20, 2.0, 1.9)
+        == "prefetched 5 of 5 files, 3.0 MiB in 2.0s (1.5 MiB/s)\n"
+    )
+    assert (
+        summary_line(1, 2, 1 << 20, 10.0, 9.5)
+        == "prefetched 1 of 2 files, 1.0 MiB in 10.0s (102.4 KiB/s)\n"
+    )
+    assert summary_line(2, 2, 8 << 20, 8.0, 4.0) == (
+        "prefetched 2 of 2 files, 8.0 MiB in 8.0s (1.0 MiB/s); "
+        "finding them took 4.0s, reading 4.0s (2.0 MiB/s)\n"
+    )
 
 
 def _visible_lines(text: str) -> list[str]:

@@ -50,6 +50,10 @@ async def readdir(
     return recorder.entries
 
 
+def without_dots(entries: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
+    return [entry for entry in entries if entry[0] not in (".", "..")]
+
+
 class ChangingDir(Dir):
     """A directory whose entries the test changes (a tag list refreshed mid-listing)."""
 
@@ -154,7 +158,9 @@ async def test_a_hardlinked_node_is_one_inode_under_two_names(
             return {"original": data, "link": data}
 
     ops = Operations(InodeTable(Linked("")))
-    entries = await readdir(ops, await ops.opendir(ROOT_INODE, None), 0, 100, monkeypatch)
+    entries = without_dots(
+        await readdir(ops, await ops.opendir(ROOT_INODE, None), 0, 100, monkeypatch)
+    )
     assert {name for name, _, _ in entries} == {"original", "link"}
     assert len({ino for _, ino, _ in entries}) == 1
     one = await ops.lookup(ROOT_INODE, b"link")
@@ -213,13 +219,13 @@ async def test_a_new_listing_and_a_rewind_see_the_change(monkeypatch: pytest.Mon
     directory = ChangingDir("", tags(4))
     ops = Operations(InodeTable(directory))
     fh = await ops.opendir(ROOT_INODE, None)
-    assert len(await readdir(ops, fh, 0, 100, monkeypatch)) == 4
+    assert len(await readdir(ops, fh, 0, 100, monkeypatch)) == 2 + 4  # `.`, `..` and 4 tags
     directory.current["t999"] = BytesFile("t999", b"")
-    assert await readdir(ops, fh, 4, 100, monkeypatch) == []  # the same reader: its snapshot
+    assert await readdir(ops, fh, 6, 100, monkeypatch) == []  # the same reader: its snapshot
     other = await ops.opendir(ROOT_INODE, None)
     assert [n for n, _, _ in await readdir(ops, other, 0, 100, monkeypatch)][-1] == "t999"
     rewound = await readdir(ops, fh, 0, 100, monkeypatch)  # rewinddir: offset 0 again
-    assert len(rewound) == 5
+    assert len(rewound) == 2 + 5
     await ops.releasedir(fh)
     await ops.releasedir(other)
     assert ops.tree.dirs == {}
@@ -231,10 +237,10 @@ async def test_entries_the_kernel_did_not_take_come_back_with_an_inode(
     directory = ChangingDir("", tags(6))
     ops = Operations(InodeTable(directory))
     fh = await ops.opendir(ROOT_INODE, None)
-    first = await readdir(ops, fh, 0, 2, monkeypatch)
+    first = await readdir(ops, fh, 0, 3, monkeypatch)
     rest = await readdir(ops, fh, first[-1][2], 100, monkeypatch)
-    assert [n for n, _, _ in first + rest] == tags(6)
-    for name, inode, _ in first + rest:
+    assert [n for n, _, _ in first + rest] == [".", "..", *tags(6)]
+    for name, inode, _ in without_dots(first + rest):
         assert ops.tree.node(inode).name == name
         assert (await ops.lookup(ROOT_INODE, name.encode())).st_ino == inode
 
@@ -243,8 +249,68 @@ async def test_a_name_that_is_not_utf8_is_found_as_listed(monkeypatch: pytest.Mo
     raw = b"caf\xe9.txt"  # Latin-1, as an old tar may hold it
     name = raw.decode("utf-8", "surrogateescape")
     ops = Operations(InodeTable(StaticDir("", [BytesFile(name, b"x")])))
-    [(listed, inode, _)] = await readdir(
-        ops, await ops.opendir(ROOT_INODE, None), 0, 10, monkeypatch
+    [(listed, inode, _)] = without_dots(
+        await readdir(ops, await ops.opendir(ROOT_INODE, None), 0, 10, monkeypatch)
     )
     assert listed.encode("utf-8", "surrogateescape") == raw
     assert (await ops.lookup(ROOT_INODE, raw)).st_ino == inode
+
+
+# -- `.` and `..` -----------------------------------------------------------------------------
+
+
+def nested() -> StaticDir:
+    return StaticDir("", [StaticDir("sub", [StaticDir("inner", [BytesFile("f", b"x")])])])
+
+
+async def test_every_listing_begins_with_dot_and_dotdot(monkeypatch: pytest.MonkeyPatch) -> None:
+    ops = Operations(InodeTable(nested()))
+    root = await readdir(ops, await ops.opendir(ROOT_INODE, None), 0, 100, monkeypatch)
+    assert [(name, ino) for name, ino, _ in root[:2]] == [(".", ROOT_INODE), ("..", ROOT_INODE)]
+    sub = (await ops.lookup(ROOT_INODE, b"sub")).st_ino
+    inner = (await ops.lookup(sub, b"inner")).st_ino
+    listed = await readdir(ops, await ops.opendir(inner, None), 0, 100, monkeypatch)
+    assert [(name, ino) for name, ino, _ in listed[:2]] == [(".", inner), ("..", sub)]
+    assert [name for name, _, _ in listed] == [".", "..", "f"]
+    assert ops.tree.node(listed[2][1]).name == "f"
+    assert [next_id for _, _, next_id in listed] == [1, 2, 3]
+
+
+async def test_dot_entries_take_no_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    ops = Operations(InodeTable(nested()))
+    sub = (await ops.lookup(ROOT_INODE, b"sub")).st_ino
+    inner = (await ops.lookup(sub, b"inner")).st_ino
+    before = dict(ops.tree.lookups)
+    for room in (1, 2, 100):  # the kernel's buffer full after `.`, after `..`, never
+        fh = await ops.opendir(inner, None)
+        await readdir(ops, fh, 0, room, monkeypatch)
+        await ops.releasedir(fh)
+    counts = dict(ops.tree.lookups)
+    f_inode = next(i for i, n in ops.tree.nodes.items() if n.name == "f")
+    assert counts.pop(f_inode) == 1  # `f`, taken once (room 100): one reference
+    assert counts == before  # `inner` (the `.`) and `sub` (the `..`) as they were
+    # The kernel forgets what it looked up: nothing is left over from the listings.
+    await ops.forget([(f_inode, 1), (inner, 1), (sub, 1)])
+    assert set(ops.tree.nodes) == {ROOT_INODE} and ops.tree.lookups == {}
+    assert ops.tree.parents == {}
+
+
+async def test_dotdot_of_a_directory_found_by_listing(monkeypatch: pytest.MonkeyPatch) -> None:
+    ops = Operations(InodeTable(nested()))
+    [sub] = without_dots(await readdir(ops, await ops.opendir(ROOT_INODE, None), 0, 9, monkeypatch))
+    [inner] = without_dots(await readdir(ops, await ops.opendir(sub[1], None), 0, 9, monkeypatch))
+    listed = await readdir(ops, await ops.opendir(inner[1], None), 0, 9, monkeypatch)
+    assert [(n, ino) for n, ino, _ in listed[:2]] == [(".", inner[1]), ("..", sub[1])]
+
+
+async def test_a_view_naming_an_entry_dot_does_not_list_it_twice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Odd(Dir):
+        async def entries(self) -> Mapping[str, Node]:
+            return {".": BytesFile(".", b""), "..": BytesFile("..", b""), "a": BytesFile("a", b"")}
+
+    ops = Operations(InodeTable(Odd("")))
+    listed = await readdir(ops, await ops.opendir(ROOT_INODE, None), 0, 9, monkeypatch)
+    assert [(n, ino) for n, ino, _ in listed[:2]] == [(".", ROOT_INODE), ("..", ROOT_INODE)]
+    assert [n for n, _, _ in listed] == [".", "..", "a"]
