@@ -55,6 +55,8 @@ def stats_document(
         },
         "blobs": {"verified": c.verified, "failed": c.failed, "purged": c.purges},
         "in_flight_blocks": cache.in_flight(),
+        # Readahead requests given up because every reader that wanted them had closed.
+        "readahead_stopped": c.readahead_stopped,
         "offline": offline,
         "mirrors": list(mirrors),
         "errors": dict(stats.errors),
