@@ -164,7 +164,7 @@ class Operations(pyfuse3.Operations):
         node = await self._guard("opendir", lambda: _as(self.tree.node, inode))
         if not isinstance(node, Dir):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        return self.tree.opendir(inode)
+        return await self._guard(f"opendir {inode}", lambda: self.tree.opendir(inode))
 
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
         async def listed() -> list[tuple[str, Node, pyfuse3.EntryAttributes]]:

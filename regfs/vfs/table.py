@@ -32,7 +32,8 @@ class OpenFile:
 @dataclass
 class OpenDir:
     node: Dir
-    listing: Listing | None = None  # taken at the first readdir (offset 0), kept until release
+    listing: Listing | None = None  # taken at opendir, again on a rewind; kept until release
+    unread: bool = True  # the listing taken at opendir has not been read from yet
 
 
 class InodeTable:
@@ -123,24 +124,30 @@ class InodeTable:
 
     # -- directory handles ----------------------------------------------------------------
 
-    def opendir(self, inode: int) -> int:
+    async def opendir(self, inode: int) -> int:
+        """Open a directory for reading, listing it now: an error must reach the caller here,
+        since readdir's errors do not (glibc takes ENOENT from getdents for the end of the
+        directory, so `ls` of a repository that is not there would show it empty)."""
+        directory = self.directory(inode)
+        listing = await self.listdir(inode)
         fh = self._new_handle()
-        self.dirs[fh] = OpenDir(self.directory(inode))
+        self.dirs[fh] = OpenDir(directory, listing)
         return fh
 
     async def readdir(self, fh: int, start: int) -> Listing:
         """The entries after offset `start` of an open directory: `.` and `..`, then its
         entries by name; offset n is the n-th of them.
 
-        Offsets index a snapshot of the listing taken when a reader starts (offset 0) and kept
+        Offsets index a snapshot of the listing taken at opendir (again on a rewind) and kept
         until releasedir, so a directory that changes between two calls (a tag list refreshed
         mid-listing) neither skips nor repeats an entry. Not the child's inode as offset (as
         passthroughfs does): here an entry the kernel did not take loses its inode number and
         gets a higher one when listed again, so inode order is not stable between calls.
         """
         opened = self.dirs[fh]
-        if start == 0 or opened.listing is None:  # a new reader, or a rewinddir
+        if opened.listing is None or (start == 0 and not opened.unread):  # a rewinddir
             opened.listing = await self.listdir(opened.node.inode)
+        opened.unread = False
         dots: Listing = [(".", opened.node), ("..", self.parent_of(opened.node))]
         listing = opened.listing[max(0, start - len(dots)) :]
         for _, child in listing:

@@ -239,6 +239,11 @@ def test_a_missing_repository_without_credentials_is_enoent(
             os.listdir(m.path / "team" / "nosuch")
         with pytest.raises(FileNotFoundError):
             (m.path / "team" / "nosuch" / "latest" / "manifest.json").read_bytes()
+        # A name at the top (no catalog: only the registry knows it) too, not an empty
+        # directory: the listing is taken at opendir, where ls sees its error.
+        top = run("ls", str(m.path / "nosuch"))
+        assert top.returncode == 2, top
+        assert "No such file or directory" in top.stderr
         words = (
             "pull access denied for library/nosuch, repository does not exist or may require "
             "'docker login'"

@@ -12,6 +12,7 @@ from typing import Any
 import pyfuse3
 import pytest
 
+from regfs.errors import NotFoundError
 from regfs.vfs.fuse import Operations
 from regfs.vfs.nodes import (
     Attrs,
@@ -314,3 +315,22 @@ async def test_a_view_naming_an_entry_dot_does_not_list_it_twice(
     listed = await readdir(ops, await ops.opendir(ROOT_INODE, None), 0, 9, monkeypatch)
     assert [(n, ino) for n, ino, _ in listed[:2]] == [(".", ROOT_INODE), ("..", ROOT_INODE)]
     assert [n for n, _, _ in listed] == [".", "..", "a"]
+
+
+class MissingDir(Dir):
+    """A directory the registry says is not there once it is listed (a repository that
+    does not exist, reached by name on a registry without a catalog)."""
+
+    async def entries(self) -> Mapping[str, Node]:
+        raise NotFoundError("no such repository")
+
+
+async def test_a_listing_that_fails_fails_opendir_not_readdir() -> None:
+    # glibc takes ENOENT from getdents for the end of the directory: ls would show the
+    # missing repository as empty. The error must come from opendir.
+    ops = Operations(InodeTable(StaticDir("", [MissingDir("nosuch")])))
+    inode = (await ops.lookup(ROOT_INODE, b"nosuch")).st_ino
+    with pytest.raises(pyfuse3.FUSEError) as info:
+        await ops.opendir(inode, None)
+    assert info.value.errno == errno.ENOENT
+    assert ops.tree.dirs == {}
