@@ -451,7 +451,10 @@ async def _ready_when_serving(
     whose reply would lower it again (vfs.kernel). A failed start stops the mount."""
     try:
         serving = await when_serving(
-            config.mountpoint, ops.initialized, read_ahead_kb=READ_AHEAD_KB
+            config.mountpoint,
+            ops.initialized,
+            device_of=mount_device,
+            read_ahead_kb=READ_AHEAD_KB,
         )
     except HandshakeError as exc:
         start.failure = str(exc)

@@ -24,7 +24,7 @@ from typing import Any
 import pyfuse3
 import trio
 
-from regfs.mount import READ_AHEAD_KB
+from regfs.mount import READ_AHEAD_KB, mount_device
 from regfs.vfs.kernel import when_serving
 
 FILE_INODE = pyfuse3.ROOT_INODE + 1
@@ -106,10 +106,13 @@ async def serve(mountpoint: Path, size: int) -> None:
 
             async def ready_when_serving() -> None:
                 serving = await when_serving(
-                    mountpoint, ceiling.initialized, read_ahead_kb=READ_AHEAD_KB
+                    mountpoint,
+                    ceiling.initialized,
+                    device_of=mount_device,
+                    read_ahead_kb=READ_AHEAD_KB,
                 )
+                print("ready", flush=True)  # the first line: what its callers wait for
                 print(f"read_ahead_kb {serving.read_ahead_kb}", file=sys.stderr, flush=True)
-                print("ready", flush=True)
 
             nursery.start_soon(stop_on_signal)
             nursery.start_soon(ready_when_serving)

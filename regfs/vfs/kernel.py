@@ -14,7 +14,7 @@ import errno
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,11 +64,14 @@ async def when_serving(
     mountpoint: Path,
     initialized: trio.Event,
     *,
+    device_of: Callable[[Path], str | None],
     read_ahead_kb: int,
     timeout: float = HANDSHAKE_SECONDS,
 ) -> Serving:
     """Wait for the kernel's INIT (`initialized`, set from Operations.init()) and for the root
-    to answer statfs and stat, then raise readahead. Raises HandshakeError when INIT fails.
+    to answer statfs, then raise readahead on the mount's device (`device_of`: major:minor from
+    mountinfo; not a stat, whose answer the kernel would cache and give even once the process
+    is dead). Raises HandshakeError when INIT fails.
 
     Must run in the trio loop that serves the mount, beside pyfuse3.main(): the probes run in
     a worker thread, since a stat of our own mountpoint from the thread serving it deadlocks.
@@ -77,27 +80,27 @@ async def when_serving(
     until INIT is answered and refuses them all (ECONNREFUSED) when INIT failed.
     """
 
-    def probe() -> os.stat_result:
+    def probe() -> None:
         try:
-            os.statvfs(mountpoint)  # reaches the process, where a stat may be answered cached
+            os.statvfs(mountpoint)  # reaches the process's root: never answered from a cache
         except OSError as exc:
             if exc.errno in REFUSED:
                 raise
             # Any other error is an answer (a filesystem without statfs says ENOSYS).
-        return os.stat(mountpoint)
 
     with trio.move_on_after(timeout) as scope:
         await initialized.wait()
         try:
-            root = await trio.to_thread.run_sync(probe, abandon_on_cancel=True)
+            await trio.to_thread.run_sync(probe, abandon_on_cancel=True)
         except OSError as exc:
             raise HandshakeError(
                 f"the kernel's FUSE handshake failed: {exc.strerror or exc}"
             ) from None
     if scope.cancelled_caught:
         raise HandshakeError(f"the mount did not answer within {timeout:.0f}s of mounting")
-    # The root's st_dev is the FUSE connection's device, the name of its bdi.
-    device = f"{os.major(root.st_dev)}:{os.minor(root.st_dev)}"
+    device = device_of(mountpoint)  # the FUSE connection's device names its bdi
+    if device is None:
+        raise HandshakeError(f"{mountpoint} is not in /proc/self/mountinfo after mounting")
     now = await trio.to_thread.run_sync(raise_read_ahead, device, read_ahead_kb)
     return Serving(device, now)
 
