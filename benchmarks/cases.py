@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from benchmarks import MiB, log
-from benchmarks.harness import Bench, curl_rate, read_rate, timed
+from benchmarks.harness import Bench, curl_rate, read_rate, read_size_of, timed
 from benchmarks.report import Row, med
 from benchmarks.world import BIG_REPO, CDN_RATE, TAG
 
@@ -44,8 +44,9 @@ def cold(bench: Bench) -> list[Row]:
     log("curl of the blob from the registry")
     curl = [curl_rate(blob_url, big_size) for _ in range(runs)]
     log("FUSE ceiling")
-    with bench.ceiling() as data:
-        ceiling = [read_rate(data, big_size) for _ in range(runs)]
+    with bench.ceiling() as ceiling_mount:
+        ceiling = [read_rate(ceiling_mount.data, big_size) for _ in range(runs)]
+    ceiling_read = [read_size_of({}, ceiling_mount.read_sizes)]
     log("local copy (page cache)")
     read_rate(Path(world.big.path), big_size)  # into the page cache
     local = [read_rate(Path(world.big.path), big_size) for _ in range(runs)]
@@ -59,6 +60,8 @@ def cold(bench: Bench) -> list[Row]:
         [],
         [],
     )
+    cold_read: list[float] = []
+    remount_read: list[float] = []
     for i in range(runs):
         log(f"regfs sequential reads, run {i + 1}/{runs}")
         cache = bench.fresh("cache")
@@ -66,15 +69,18 @@ def cold(bench: Bench) -> list[Row]:
         with bench.mount(cache, "--memory-cache", MEMORY_CACHE) as m:
             mount_times.append(time.monotonic() - started)
             layer = bench.big_in(m.path)
+            sizes = m.read_sizes()
             cold_rates.append(read_rate(layer, big_size))
+            cold_read.append(read_size_of(sizes, m.read_sizes()))
             rss.append(m.peak_rss() / MiB)
             warm.append(read_rate(layer, big_size))
             cold_bytes.append(m.settled_bytes_fetched() / MiB)
         with bench.mount(cache, "--memory-cache", MEMORY_CACHE) as m:
             layer = bench.big_in(m.path)
             layer.stat()  # resolving the tag (a manifest GET) is not part of re-reading bytes
-            before = m.bytes_fetched()
+            before, sizes = m.bytes_fetched(), m.read_sizes()
             remount.append(read_rate(layer, big_size))
+            remount_read.append(read_size_of(sizes, m.read_sizes()))
             remount_bytes.append((m.settled_bytes_fetched() - before) / MiB)
         shutil.rmtree(cache)
 
@@ -91,6 +97,9 @@ def cold(bench: Bench) -> list[Row]:
     rows.append(row)
     rows.append(Row("↳ reference: curl of the blob", "MiB/s", curl, "-"))
     rows.append(Row("↳ reference: FUSE ceiling", "MiB/s", ceiling, "-"))
+    # Information: the READ size the kernel sends (dd bs=1M), for regfs and for the ceiling;
+    # 128 KiB means readahead was not raised after INIT.
+    rows.append(Row("↳ READ size, cold read", "KiB", cold_read, "FUSE ceiling", ceiling_read))
     rows.append(
         Row("↳ bytes fetched for the cold read", "MiB", cold_bytes, "layer size", [big_size / MiB])
     )
@@ -100,6 +109,9 @@ def cold(bench: Bench) -> list[Row]:
     row = Row("re-read after remount (disk cache)", "MiB/s", remount, "FUSE ceiling", ceiling)
     row.judge(">=", 0.8)
     rows.append(row)
+    rows.append(
+        Row("↳ READ size, after remount", "KiB", remount_read, "FUSE ceiling", ceiling_read)
+    )
     row = Row("↳ bytes fetched after remount", "MiB", remount_bytes, "none")
     row.judge("<=", 0, absolute=True, worst=True)
     rows.append(row)

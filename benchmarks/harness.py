@@ -51,11 +51,32 @@ class RegfsMount:
             time.sleep(0.2)
         return last
 
+    def read_sizes(self) -> dict[int, int]:
+        """The READs the kernel sent so far, by size in bytes (the adapter's count)."""
+        sizes = self.stats().get("fuse_read_sizes", {})
+        return {int(size): int(count) for size, count in sizes.items()}
+
     def peak_rss(self) -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
         raise RuntimeError("no VmHWM")
+
+
+@dataclass
+class CeilingMount:
+    """The FUSE ceiling's one file, and the READs the kernel sent it (known once stopped)."""
+
+    data: Path
+    read_sizes: dict[int, int]
+
+
+def read_size_of(before: dict[int, int], after: dict[int, int]) -> float:
+    """The READ size (KiB) that carried most bytes between two counts: what the kernel sent
+    for a sequential read (a stats.json read or a file's tail is a small READ too)."""
+    carried = {size: (after[size] - before.get(size, 0)) * size for size in after}
+    size = max(carried, key=lambda s: carried[s], default=0)
+    return size / 1024 if carried.get(size, 0) > 0 else 0.0
 
 
 class Bench:
@@ -142,8 +163,9 @@ class Bench:
             force_unmount(path)
 
     @contextlib.contextmanager
-    def ceiling(self) -> Iterator[Path]:
-        """scripts/bench_ceiling.py mounted; yields its one file, as big as the big layer."""
+    def ceiling(self) -> Iterator[CeilingMount]:
+        """scripts/bench_ceiling.py mounted; yields its one file, as big as the big layer, and
+        once stopped, the READ sizes it printed."""
         path = self.fresh("ceiling")
         out = self.run_dir / "ceiling.log"
         proc = spawn(
@@ -157,10 +179,14 @@ class Bench:
             )
             if proc.poll() is not None:
                 raise RuntimeError(f"ceiling exited: {out.read_text(errors='replace')}")
-            yield path / "data"
+            mount = CeilingMount(path / "data", {})
+            yield mount
         finally:
             stop_process(proc)
             force_unmount(path)
+        said = re.search(r"^read sizes: (.*)$", out.read_text(errors="replace"), re.MULTILINE)
+        if said:
+            mount.read_sizes = {int(k): int(v) for k, v in json.loads(said.group(1)).items()}
 
     def image_dir(self, mnt: Path, repo: str = BIG_REPO) -> Path:
         return mnt / repo / TAG

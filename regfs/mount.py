@@ -18,8 +18,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
-from contextlib import suppress
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from .registry.credentials import load_credentials
 from .registry.http import tune_read_size
 from .store import RegistryStore
 from .vfs.fuse import Operations
+from .vfs.kernel import HandshakeError, captured_stderr, when_serving
 from .vfs.table import InodeTable
 from .views.archive import archive_entries
 from .views.control import control_dir, json_file, stats_document
@@ -44,7 +46,7 @@ from .views.registry import Options, RootDir
 
 log = logging.getLogger(__name__)
 
-READ_AHEAD_KB = 16384  # lets the kernel send large, parallel reads for sequential readers
+READ_AHEAD_KB = 4096  # lets the kernel send 1 MiB READs, several ahead, for sequential readers
 
 
 class MountError(RegfsError):
@@ -330,11 +332,13 @@ def build_services(config: MountConfig, stats: Stats) -> Services:
     return Services(store, cache, [client, *mirrors], stats)
 
 
-def make_tree(services: Services, options: Options) -> InodeTable:
+def make_tree(
+    services: Services, options: Options, read_sizes: Counter[int] | None = None
+) -> InodeTable:
     store, cache = services.store, services.cache
 
     def stats() -> dict[str, object]:
-        return stats_document(
+        document = stats_document(
             registry=str(store.client.address),
             mirrors=[str(m.address) for m in store.mirrors],
             offline=store.offline,
@@ -342,6 +346,9 @@ def make_tree(services: Services, options: Options) -> InodeTable:
             cache=cache,
             started=services.started,
         )
+        if read_sizes is not None:  # the kernel's READs by size in bytes (the adapter's count)
+            document["fuse_read_sizes"] = {str(n): read_sizes[n] for n in sorted(read_sizes)}
+        return document
 
     control = control_dir([json_file("stats.json", stats)], services.started)
     root = RootDir(
@@ -364,16 +371,6 @@ def mount_device(mountpoint: Path) -> str | None:
     return entries[-1].device if entries else None  # the last (topmost) mount wins
 
 
-def _raise_read_ahead(mountpoint: Path) -> None:
-    device = mount_device(mountpoint)
-    try:
-        if device is None:
-            raise OSError("mount not found in /proc/self/mountinfo")
-        Path(f"/sys/class/bdi/{device}/read_ahead_kb").write_text(str(READ_AHEAD_KB))
-    except OSError as exc:  # not root, or no such knob: the kernel default stays
-        log.debug("read_ahead_kb not raised: %s", exc)
-
-
 def tune_malloc() -> None:
     """Two malloc arenas, not one per worker thread: each arena holds on to the multi-megabyte
     blocks freed in it, which pushed RSS past --memory-cache + 100 MiB. Only M_ARENA_MAX: any
@@ -394,8 +391,14 @@ async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
     try:
         if not config.options.offline:
             await _ping(services.store, config)
-        tree = make_tree(services, config.options)
-        ops = Operations(tree, op_timeout=config.op_timeout, tag_ttl=config.options.tag_ttl)
+        read_sizes: Counter[int] = Counter()
+        tree = make_tree(services, config.options, read_sizes)
+        ops = Operations(
+            tree,
+            op_timeout=config.op_timeout,
+            tag_ttl=config.options.tag_ttl,
+            read_sizes=read_sizes,
+        )
         options = set(pyfuse3.default_options)
         options.discard("default_permissions")
         options |= {"fsname=regfs", "subtype=regfs", "ro", "default_permissions"}
@@ -403,20 +406,71 @@ async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
             options.add("allow_other")
         for extra in config.fuse_options:
             options.update(o for o in extra.split(",") if o)
-        pyfuse3.init(ops, str(config.mountpoint), options)
-        try:
-            _raise_read_ahead(config.mountpoint)
-            log.info("mounted %s at %s", config.registry, config.mountpoint)
-            async with services.cache.running(), trio.open_nursery() as nursery:
-                nursery.start_soon(_stop_on_signals, nursery.cancel_scope)
-                ready()
-                await pyfuse3.main()
-                nursery.cancel_scope.cancel()
-        finally:
-            pyfuse3.close(unmount=True)
-            log.info("unmounted %s", config.mountpoint)
+        with ExitStack() as handshake_output:
+            said = handshake_output.enter_context(captured_stderr())
+            pyfuse3.init(ops, str(config.mountpoint), options)
+            try:
+                start = _Start()
+                async with services.cache.running(), trio.open_nursery() as nursery:
+                    nursery.start_soon(_stop_on_signals, nursery.cancel_scope)
+                    nursery.start_soon(
+                        _ready_when_serving, config, ops, start, handshake_output.close, ready
+                    )
+                    await pyfuse3.main()
+                    nursery.cancel_scope.cancel()
+            finally:
+                pyfuse3.close(unmount=True)
+                log.info("unmounted %s", config.mountpoint)
+        if not start.ready:
+            # libfuse's own reason (a refused INIT) goes to stderr only: captured above.
+            libfuse = [line.removeprefix("fuse: ").removeprefix("error: ") for line in said]
+            reason = start.failure or "the kernel's FUSE handshake failed" + "".join(
+                f": {line}" for line in libfuse[-1:]
+            )
+            raise MountError(f"{config.mountpoint}: {reason}")
     finally:
         await services.aclose()
+
+
+@dataclass
+class _Start:
+    """How the mount's start went, as the task waiting for the handshake saw it."""
+
+    ready: bool = False
+    failure: str | None = None
+
+
+async def _ready_when_serving(
+    config: MountConfig,
+    ops: Operations,
+    start: _Start,
+    end_capture: Callable[[], None],
+    ready: Callable[[], None],
+) -> None:
+    """Ready means INIT answered and the root answering; readahead is raised after INIT,
+    whose reply would lower it again (vfs.kernel). A failed start stops the mount."""
+    try:
+        serving = await when_serving(
+            config.mountpoint,
+            ops.initialized,
+            device_of=mount_device,
+            read_ahead_kb=READ_AHEAD_KB,
+        )
+    except HandshakeError as exc:
+        start.failure = str(exc)
+        pyfuse3.terminate()
+        return
+    finally:
+        end_capture()
+    start.ready = True
+    log.info(
+        "mounted %s at %s (device %s, read_ahead_kb %s)",
+        config.registry,
+        config.mountpoint,
+        serving.device,
+        serving.read_ahead_kb,
+    )
+    ready()
 
 
 async def _ping(store: RegistryStore, config: MountConfig) -> None:

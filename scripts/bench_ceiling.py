@@ -3,19 +3,21 @@
     python scripts/bench_ceiling.py MOUNTPOINT SIZE
 
 Shows MOUNTPOINT/data, SIZE bytes long, with the mount options and kernel read-ahead that
-regfs uses, so the gap between it and regfs is what regfs itself costs. Prints "ready" once
-mounted; SIGTERM/SIGINT unmount. The page cache is dropped on every open (keep_cache off),
-so every read crosses FUSE.
+regfs uses (raised after INIT, as regfs does: regfs.vfs.kernel), so the gap between it and
+regfs is what regfs itself costs. Prints "ready" once mounted; SIGTERM/SIGINT unmount, and
+then it prints "read sizes: {size: count}" (the READs the kernel sent, JSON). The page cache
+is dropped on every open (keep_cache off), so every read crosses FUSE.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
+import json
 import os
 import signal
 import stat
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ import pyfuse3
 import trio
 
 from regfs.mount import READ_AHEAD_KB, mount_device
+from regfs.vfs.kernel import when_serving
 
 FILE_INODE = pyfuse3.ROOT_INODE + 1
 NAME = b"data"
@@ -34,6 +37,11 @@ class Ceiling(pyfuse3.Operations):  # type: ignore[misc]
     def __init__(self, size: int) -> None:
         super().__init__()
         self.size = size
+        self.read_sizes: Counter[int] = Counter()
+        self.initialized = trio.Event()
+
+    def init(self) -> None:
+        self.initialized.set()
 
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
         attrs = pyfuse3.EntryAttributes()
@@ -71,6 +79,7 @@ class Ceiling(pyfuse3.Operations):  # type: ignore[misc]
         return pyfuse3.FileInfo(fh=inode, keep_cache=False)
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
+        self.read_sizes[size] += 1
         size = max(0, min(size, self.size - offset))
         start = offset % len(PATTERN)
         if start + size <= len(PATTERN):
@@ -84,12 +93,9 @@ async def serve(mountpoint: Path, size: int) -> None:
     options |= {"fsname=regfs-ceiling", "subtype=regfs-ceiling", "ro"}
     if os.getuid() == 0:
         options.add("allow_other")
-    pyfuse3.init(Ceiling(size), str(mountpoint), options)
+    ceiling = Ceiling(size)
+    pyfuse3.init(ceiling, str(mountpoint), options)
     try:
-        device = mount_device(mountpoint)
-        if device is not None:  # the same kernel read-ahead regfs asks for
-            with contextlib.suppress(OSError):
-                Path(f"/sys/class/bdi/{device}/read_ahead_kb").write_text(str(READ_AHEAD_KB))
         async with trio.open_nursery() as nursery:
 
             async def stop_on_signal() -> None:
@@ -98,12 +104,24 @@ async def serve(mountpoint: Path, size: int) -> None:
                         pyfuse3.terminate()
                         return
 
+            async def ready_when_serving() -> None:
+                serving = await when_serving(
+                    mountpoint,
+                    ceiling.initialized,
+                    device_of=mount_device,
+                    read_ahead_kb=READ_AHEAD_KB,
+                )
+                print("ready", flush=True)  # the first line: what its callers wait for
+                print(f"read_ahead_kb {serving.read_ahead_kb}", file=sys.stderr, flush=True)
+
             nursery.start_soon(stop_on_signal)
-            print("ready", flush=True)
+            nursery.start_soon(ready_when_serving)
             await pyfuse3.main()
             nursery.cancel_scope.cancel()
     finally:
         pyfuse3.close(unmount=True)
+        sizes = {n: ceiling.read_sizes[n] for n in sorted(ceiling.read_sizes)}
+        print(f"read sizes: {json.dumps(sizes)}", flush=True)
 
 
 def main() -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -66,12 +67,26 @@ class Operations(pyfuse3.Operations):
     enable_acl = False
 
     def __init__(
-        self, tree: InodeTable, *, op_timeout: float = 60.0, tag_ttl: float = 60.0
+        self,
+        tree: InodeTable,
+        *,
+        op_timeout: float = 60.0,
+        tag_ttl: float = 60.0,
+        read_sizes: Counter[int] | None = None,
     ) -> None:
         super().__init__()
         self.tree = tree
         self.op_timeout = op_timeout
         self.tag_ttl = tag_ttl  # how long the kernel may trust what can change (a tag)
+        # READs by the size the kernel asked for: shows whether readahead took (1 MiB READs
+        # rather than 128 KiB ones). One dict increment a READ.
+        self.read_sizes: Counter[int] = Counter() if read_sizes is None else read_sizes
+        # Set when the kernel's INIT reaches us; it is answered right after init() returns,
+        # possibly with a refusal (see vfs.kernel.when_serving).
+        self.initialized = trio.Event()
+
+    def init(self) -> None:
+        self.initialized.set()
 
     async def _guard(
         self,
@@ -202,6 +217,7 @@ class Operations(pyfuse3.Operations):
         return await self._guard("open", opened)
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
+        self.read_sizes[size] += 1
         # A read that runs out of time is EIO: a short read would look like end of file.
         return await self._guard(
             f"read fh={fh} at {offset}",

@@ -388,3 +388,23 @@ def test_a_rate_limited_read_is_eio_not_eagain() -> None:
     exc = RateLimitedError("toomanyrequests", 3600.0)
     assert fs.errno_for(exc) == errno.EAGAIN
     assert fs.errno_for(exc, reading=True) == errno.EIO
+
+
+async def test_reads_are_counted_by_the_size_the_kernel_asked_for() -> None:
+    ops = make_ops()
+    fh = (await ops.open(await _inode(ops, b"hello.txt"), os.O_RDONLY, None)).fh
+    for size in (131072, 1 << 20, 1 << 20):
+        await ops.read(fh, 0, size)
+    assert ops.read_sizes == {131072: 1, 1 << 20: 2}
+
+
+async def test_init_says_the_kernel_s_init_arrived() -> None:
+    ops = make_ops()
+    assert not ops.initialized.is_set()
+    ops.init()  # what pyfuse3 calls while it handles INIT, before the reply
+    with trio.fail_after(1):
+        await ops.initialized.wait()
+
+
+async def _inode(ops: Operations, name: bytes) -> int:
+    return int((await ops.lookup(ROOT_INODE, name)).st_ino)
