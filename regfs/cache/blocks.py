@@ -133,6 +133,15 @@ class BlockCache:
         self, blob: BlobRef, offset: int, size: int, stream: ReadStream | None = None
     ) -> bytes:
         """Exactly the bytes [offset, offset+size) of the blob, short only at its end."""
+        data = await self.read_buffer(blob, offset, size, stream)
+        return data if isinstance(data, bytes) else bytes(data)
+
+    async def read_buffer(
+        self, blob: BlobRef, offset: int, size: int, stream: ReadStream | None = None
+    ) -> bytes | memoryview:
+        """As read(), but a read within one block is a view of the cached block, not a copy:
+        for the FUSE reply, which takes any buffer (1 MiB READs made a copy each, and peak
+        RSS rose by 20 MiB)."""
         end = min(offset + size, blob.size)
         if offset >= end:
             return b""
@@ -157,7 +166,7 @@ class BlockCache:
             self._check_failures(blob, stream)
         base = first * self.block_size
         if len(parts) == 1:
-            return parts[0][offset - base : end - base]
+            return memoryview(parts[0])[offset - base : end - base]
         return b"".join(parts)[offset - base : end - base]
 
     async def block(self, blob: BlobRef, index: int, *, want_through: int | None = None) -> bytes:

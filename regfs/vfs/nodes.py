@@ -172,8 +172,9 @@ def static_tree(name: str, files: Iterable[tuple[str, Node]], mtime: float = 0.0
 class FileHandle(Protocol):
     """An open file: what the inode table keeps per open() until release()."""
 
-    async def read(self, offset: int, size: int) -> bytes:
-        """Exactly [offset, offset+size), short only at the end of the file."""
+    async def read(self, offset: int, size: int) -> bytes | memoryview:
+        """Exactly [offset, offset+size), short only at the end of the file (a view where
+        that saves a copy: the FUSE reply takes any buffer)."""
         ...
 
 

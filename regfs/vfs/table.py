@@ -169,7 +169,7 @@ class InodeTable:
         self._open_files[inode] = self._open_files.get(inode, 0) + 1
         return fh, node
 
-    async def read(self, fh: int, offset: int, size: int) -> bytes:
+    async def read(self, fh: int, offset: int, size: int) -> bytes | memoryview:
         return await self.files[fh].handle.read(offset, size)
 
     def release(self, fh: int) -> None:

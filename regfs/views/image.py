@@ -62,8 +62,8 @@ class BlobHandle:
         self.blob = blob
         self.stream = ReadStream()
 
-    async def read(self, offset: int, size: int) -> bytes:
-        return await self.cache.read(self.blob, offset, size, self.stream)
+    async def read(self, offset: int, size: int) -> bytes | memoryview:
+        return await self.cache.read_buffer(self.blob, offset, size, self.stream)
 
     def release(self) -> None:
         self.cache.close_stream(self.stream)  # its readahead stops (vfs ReleasableHandle)

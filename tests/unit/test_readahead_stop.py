@@ -189,7 +189,7 @@ async def test_releasing_a_file_stops_the_readahead_of_its_blobs(view: str) -> N
         data = await open_read_release(
             table, node.name, 7 + BLOCK if view != "blob file" else BLOCK
         )
-        assert data.endswith(DATA[:BLOCK])
+        assert bytes(data).endswith(DATA[:BLOCK])
         await trio.testing.wait_all_tasks_blocked()
         assert source.running() == [] and cache.stats.readahead_stopped >= 1
         assert table.files == {}
