@@ -27,13 +27,9 @@ are small and stay until `regfs cache clear`.
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import shutil
-import struct
-import tempfile
-import zlib
 from collections.abc import Iterator
 from contextlib import suppress
 from dataclasses import dataclass
@@ -41,59 +37,19 @@ from pathlib import Path
 
 from ..errors import RegfsError
 from ..oci.reference import is_digest
+from . import blockfiles
 
-log = logging.getLogger(__name__)
+# The checked files live with the other block-file code; imported from here as before.
+from .blockfiles import TRAILER
+from .blockfiles import read_checked as read_checked
+from .blockfiles import write_atomic as write_atomic
 
 LAYOUT = "v1"
 AREAS = ("blobs", "pending", "documents", "tags", "derived")  # the top directories of LAYOUT
-TRAILER = struct.Struct("<QI")  # length, CRC-32
 SIZE_FILE = "size"
 VERIFIED_MARKER = "verified"
 BLOCK_SIZE_FILE = "block-size"
 _KIND = re.compile(r"[a-z0-9][a-z0-9._-]*")
-
-
-def write_atomic(path: Path, data: bytes, *, trailer: bool) -> None:
-    # `regfs cache prune/clear` may remove the directory under us: make it again, once.
-    for attempt in (1, 2):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        except FileNotFoundError:
-            if attempt == 2:
-                raise
-            continue
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                if trailer:
-                    f.write(TRAILER.pack(len(data), zlib.crc32(data)))
-            os.replace(tmp, path)
-            return
-        except FileNotFoundError:
-            if attempt == 2:
-                raise
-        except BaseException:
-            with suppress(OSError):
-                os.unlink(tmp)
-            raise
-
-
-def read_checked(path: Path) -> bytes | None:
-    """A checked file's data if its trailer matches; a damaged file is removed."""
-    try:
-        raw = path.read_bytes()
-    except OSError:
-        return None
-    if len(raw) >= TRAILER.size:
-        length, crc = TRAILER.unpack_from(raw, len(raw) - TRAILER.size)
-        data = raw[: -TRAILER.size]
-        if length == len(data) and zlib.crc32(data) == crc:
-            return data
-    log.warning("damaged cache file %s removed", path)
-    with suppress(OSError):
-        path.unlink()
-    return None
 
 
 class BlockSizeMismatch(RegfsError):
@@ -168,6 +124,7 @@ class DiskCache:
         self.root = Path(root) / LAYOUT
         self.max_bytes = max_bytes
         self.written_since_evict = 0
+        self.index = blockfiles.BlockIndex()  # has_block without a stat per block
         for area in AREAS:
             (self.root / area).mkdir(parents=True, exist_ok=True)
         if block_size is not None:
@@ -227,16 +184,21 @@ class DiskCache:
     # transit is found in one of the two and never taken for missing.
 
     def read_block(self, digest: str, index: int, registry: str) -> bytes | None:
-        for directory in (self.pending_dir(digest, registry), self.verified_dir(digest)):
+        pending = ((registry, digest), self.pending_dir(digest, registry))
+        for key, directory in (pending, (digest, self.verified_dir(digest))):
             data = read_checked(directory / str(index))
             if data is not None:
+                self.index.add(key, index)
                 return data
+            self.index.discard(key, index)  # gone (pruned, damaged): fetched again
         return None
 
     def has_block(self, digest: str, index: int, registry: str) -> bool:
-        return (self.pending_dir(digest, registry) / str(index)).exists() or (
-            self.verified_dir(digest) / str(index)
-        ).exists()
+        """From the index (blockfiles.BlockIndex says why that is safe): a guess that a
+        read_block confirms, never a promise. Keys: (registry, digest) pending, digest."""
+        return self.index.has(
+            (registry, digest), index, lambda: self.pending_dir(digest, registry)
+        ) or self.index.has(digest, index, lambda: self.verified_dir(digest))
 
     def unverify(self, digest: str) -> None:
         """A verified blob lost a block: what is fetched again must be checked again."""
@@ -250,6 +212,7 @@ class DiskCache:
         # registry may read them.
         directory = self.pending_dir(digest, registry)
         write_atomic(directory / str(index), data, trailer=True)
+        self.index.add((registry, digest), index)
         if blob_size is not None and not (directory / SIZE_FILE).exists():
             # Lets `regfs cache info` say how much of the blob is cached.
             write_atomic(directory / SIZE_FILE, str(blob_size).encode(), trailer=False)
@@ -267,12 +230,16 @@ class DiskCache:
                 if entry.name.isdigit() or entry.name == SIZE_FILE:
                     with suppress(OSError):
                         os.replace(entry, target / entry.name)
+                        if entry.name.isdigit():
+                            self.index.add(digest, int(entry.name))
             shutil.rmtree(source, ignore_errors=True)
+        self.index.forget(source)
         write_atomic(target / VERIFIED_MARKER, b"", trailer=False)
 
     def purge(self, digest: str, registry: str | None = None) -> None:
         for directory in self._blob_places(digest, registry):
             shutil.rmtree(directory, ignore_errors=True)
+            self.index.forget(directory)
 
     def touch(self, digest: str, registry: str) -> None:
         """Mark a blob as used now: eviction goes by last use (newest mtime in its directory)."""
@@ -384,6 +351,7 @@ class DiskCache:
             if total <= limit:
                 break
             _remove(path)
+            self.index.forget(path)
             total -= size
             removed += size
         return removed
@@ -404,6 +372,7 @@ class DiskCache:
         for path in doomed:
             freed += _tree_usage(path)[1]
             _remove(path)
+        self.index.forget()
         return freed
 
 
