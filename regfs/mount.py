@@ -328,6 +328,7 @@ def build_services(config: MountConfig, stats: Stats) -> Services:
         disk=disk,
         policy=ForeignURLPolicy(config.foreign_url_allow),
         offline=config.options.offline,
+        tag_ttl=config.options.tag_ttl,
     )
     return Services(store, cache, [client, *mirrors], stats)
 

@@ -18,6 +18,7 @@ registries is several stores.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 
 import trio
@@ -54,6 +55,7 @@ class RegistryStore:
         policy: ForeignURLPolicy | None = None,
         offline: bool = False,
         default_namespace: str | None = None,
+        tag_ttl: float = 60.0,
     ) -> None:
         self.client = client
         self.mirrors = list(mirrors)
@@ -67,6 +69,10 @@ class RegistryStore:
         # broken answer) does not change with time, and asking again costs a token too.
         self.catalog_refused: RegfsError | None = None
         self._denials_logged: set[str] = set()
+        # The tag list referrers are looked up in, per repository, for `tag_ttl`: `ls -R`
+        # lists referrers/ of every image of a repository, one tag list is enough for all.
+        self.tag_ttl = tag_ttl
+        self._tag_lists: dict[str, tuple[float, set[str]]] = {}
 
     @property
     def host(self) -> str:
@@ -254,10 +260,15 @@ class RegistryStore:
         return oci_referrers.merged(listed or [], by_tag)
 
     async def _present_tags(self, repo: str, wanted: list[str]) -> list[str]:
-        try:
-            present = set(await self.tags(repo))
-        except (NotFoundError, AuthError):
-            return wanted  # no list to look in: ask for each
+        listed = self._tag_lists.get(repo)
+        if listed is not None and time.monotonic() - listed[0] < self.tag_ttl:
+            present = listed[1]
+        else:
+            try:
+                present = set(await self.tags(repo))
+            except (NotFoundError, AuthError):
+                return wanted  # no list to look in: ask for each
+            self._tag_lists[repo] = (time.monotonic(), present)
         return [tag for tag in wanted if tag in present]
 
 

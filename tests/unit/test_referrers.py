@@ -339,6 +339,25 @@ async def test_store_without_referrers_asks_for_no_manifest(
     assert registry.manifest_requests() == []
 
 
+async def test_store_lists_a_repositorys_tags_once_for_its_images_referrers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # `ls -R` lists referrers/ of every image: one tag list within --tag-ttl serves them all.
+    registry = MockRegistry()
+    images = [make_image(b"one"), make_image(b"two")]
+    for tag, image in zip(("1.0", "2.0"), images, strict=True):
+        registry.add(image, tag)
+    store = _store(monkeypatch, registry, tag_ttl=60.0)
+    for image in images:
+        assert await store.referrers(REPO, image.digest) == []
+    assert sum("/tags/list" in p for p in registry.paths) == 1
+    expired = _store(monkeypatch, registry, tag_ttl=0.0)
+    registry.paths.clear()
+    for image in images:
+        await expired.referrers(REPO, image.digest)
+    assert sum("/tags/list" in p for p in registry.paths) == 2
+
+
 # --------------------------------------------------------------------------------------------
 # the referrers/ view
 
