@@ -73,6 +73,9 @@ class RegistryStore:
         # lists referrers/ of every image of a repository, one tag list is enough for all.
         self.tag_ttl = tag_ttl
         self._tag_lists: dict[str, tuple[float, set[str]]] = {}
+        # A registry that answered once that it has no referrers API (OCI 1.1: one that has
+        # it answers 200 even for an unknown digest) is not asked again for each image.
+        self.has_referrers_api = True
 
     @property
     def host(self) -> str:
@@ -235,9 +238,10 @@ class RegistryStore:
         no manifest request for a tag that is not there); where the list is refused, each
         is asked for."""
         listed = None
-        if not self.offline:
+        if not self.offline and self.has_referrers_api:
             try:
                 listed = await self.client.referrers(repo, digest)
+                self.has_referrers_api = listed is not None
             except TransientError:
                 if not self.mirrors:
                     raise

@@ -351,6 +351,8 @@ async def test_store_lists_a_repositorys_tags_once_for_its_images_referrers(
     for image in images:
         assert await store.referrers(REPO, image.digest) == []
     assert sum("/tags/list" in p for p in registry.paths) == 1
+    # Nor is a registry without the referrers API (its first 404 says so) asked again.
+    assert sum("/referrers/" in p for p in registry.paths) == 1
     expired = _store(monkeypatch, registry, tag_ttl=0.0)
     registry.paths.clear()
     for image in images:
