@@ -16,6 +16,7 @@ import argparse
 import json
 import re
 import sys
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -51,20 +52,22 @@ def _regex(text: str) -> str:
     return text
 
 
-def _ca_file(text: str) -> str:
-    try:
-        check_ca_file(text)
-    except RegfsError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
+def _checked_by(check: Callable[[str], object]) -> Callable[[str], str]:
+    """An argparse type that keeps the text once `check` accepts it; its error is the
+    one-line usage error."""
+
+    def checked(text: str) -> str:
+        try:
+            check(text)
+        except RegfsError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
+
+    return checked
 
 
-def _platform(text: str) -> str:
-    try:
-        parse_platform(text)
-    except RegfsError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
+_ca_file = _checked_by(check_ca_file)
+_platform = _checked_by(parse_platform)
 
 
 def _version() -> str:
