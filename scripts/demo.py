@@ -4,7 +4,9 @@ Windows base layers), mounted with regfs, browsed with plain tools, then unmount
 
 from __future__ import annotations
 
+import argparse
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -23,7 +25,30 @@ def show(command: str, cwd: Path) -> None:
     subprocess.run(command, shell=True, cwd=cwd, check=False, timeout=120)
 
 
-def main() -> int:
+def wait_for_interrupt(mnt: Path) -> None:
+    """--keep: leave the mount up for the user to explore until Ctrl-C (or SIGTERM)."""
+    print(f"\nThe demo registry stays mounted at {mnt} until you press Ctrl-C. Try:")
+    for command in [
+        f"ls {mnt}",
+        f"ls -l {mnt}/library/hello/latest/",
+        f"tar tzvf {mnt}/library/hello/latest/layers/1.tar.gz",
+        f"cat {mnt}/.regfs/stats.json",
+    ]:
+        print(f"  {command}")
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        while True:
+            signal.pause()
+    except KeyboardInterrupt:
+        print()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scripts/demo", description=__doc__)
+    parser.add_argument(
+        "--keep", action="store_true", help="leave the demo mounted until Ctrl-C, to explore"
+    )
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="regfs-demo-") as tmp:
         work = Path(tmp)
         with CDNServer() as cdn, start_registry(work / "registry") as registry:
@@ -63,6 +88,8 @@ def main() -> int:
                     "cat .regfs/stats.json",
                 ]:
                     show(command, mnt)
+                if args.keep:
+                    wait_for_interrupt(mnt)
             finally:
                 print(f"\n$ regfs umount {mnt}")
                 subprocess.run([*REGFS, "umount", str(mnt)], check=False)

@@ -1,0 +1,57 @@
+"""scripts/demo as a newcomer runs it: the tour, and --keep leaving the mount to explore."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.mounting import is_mounted
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.mount
+
+
+def test_demo_keep_leaves_the_mount_until_interrupted() -> None:
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "scripts.demo", "--keep"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    assert demo.stdout is not None
+    output: list[str] = []
+    mountpoint = None
+    try:
+        deadline = time.monotonic() + 180
+        for line in demo.stdout:
+            output.append(line)
+            found = re.search(r"stays mounted at (\S+) until", line)
+            if found:
+                mountpoint = Path(found.group(1))
+                break
+            assert time.monotonic() < deadline, "".join(output)
+        assert mountpoint is not None, "".join(output)
+        # The tour ran, and the mount it leaves answers like the tour's.
+        text = "".join(output)
+        assert "library/hello" in text
+        assert is_mounted(mountpoint)
+        assert "latest" in os.listdir(mountpoint / "library" / "hello")
+        demo.send_signal(signal.SIGINT)
+        rest, _ = demo.communicate(timeout=60)
+        assert demo.returncode == 0, text + rest
+        assert "demo done" in rest
+        assert not is_mounted(mountpoint)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
