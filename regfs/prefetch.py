@@ -9,7 +9,9 @@ What a directory contributes: in an image directory (one holding manifest.json o
 index.json) its manifest.json, config.json, index.json and layers/*, and every platform
 under platforms/; anywhere else, every subdirectory (a repository's tags, nested
 repositories). Views built from the same blobs (image.tar and the like) and .regfs/ are
-skipped; a layer reachable by several paths is read once.
+skipped; a layer reachable by several paths is read once. An image's `rootfs/` is listed
+once its layers are read: that builds the layer indexes its files need (a layer shared by
+several images is indexed once), so the first `ls` or `cat` inside it costs nothing more.
 """
 
 from __future__ import annotations
@@ -56,18 +58,24 @@ class Item:
     started: float | None = None
     finished: float | None = None
     error: str | None = None
+    listing: bool = False  # a rootfs/ to list (which builds its layer indexes), not to read
 
 
 @dataclass
 class Plan:
-    items: list[Item] = field(default_factory=list)
+    items: list[Item] = field(default_factory=list)  # files to read, then trees to list
     errors: list[tuple[Path, str]] = field(default_factory=list)
+
+    @property
+    def files(self) -> list[Item]:
+        return [i for i in self.items if not i.listing]
 
 
 def plan(paths: Sequence[Path]) -> Plan:
     """The files to read for the given paths, in order, each blob once."""
     result = Plan()
     seen: set[str] = set()
+    trees: list[Item] = []
 
     def add(path: Path) -> None:
         try:
@@ -96,8 +104,12 @@ def plan(paths: Sequence[Path]) -> Plan:
                     add(directory / name)
             if "layers" in names:
                 for layer in _listdir(directory / "layers", result):
-                    if not os.path.islink(directory / "layers" / layer):  # 1.tar.gz -> sha256:…
-                        add(directory / "layers" / layer)
+                    path = directory / "layers" / layer
+                    # Not 1.tar.gz -> sha256:…, nor a layer's own tree (sha256:…/).
+                    if not os.path.islink(path) and not os.path.isdir(path):
+                        add(path)
+            if "rootfs" in names:
+                trees.append(Item(directory / "rootfs", 0, listing=True))
             if "platforms" in names:
                 for platform in _listdir(directory / "platforms", result):
                     walk(directory / "platforms" / platform)
@@ -114,6 +126,7 @@ def plan(paths: Sequence[Path]) -> Plan:
             walk(Path(path))
         else:
             add(Path(path))
+    result.items += trees  # after every file: a tree's index is built from its read layers
     return result
 
 
@@ -164,6 +177,9 @@ class Prefetch:
     def _read(self, item: Item) -> None:
         item.started = time.monotonic()
         try:
+            if item.listing:
+                os.listdir(item.path)
+                return
             fd = os.open(item.path, os.O_RDONLY)
             try:
                 while not self.stop.is_set():
@@ -178,7 +194,12 @@ class Prefetch:
                 item.error = f"read {item.done} of {item.size} bytes"
         except OSError as exc:
             item.error = exc.strerror or str(exc)
-        item.finished = time.monotonic()
+        finally:
+            item.finished = time.monotonic()
+
+    @property
+    def files(self) -> list[Item]:
+        return [i for i in self.items if not i.listing]
 
     @property
     def total(self) -> int:
@@ -210,6 +231,8 @@ def finished_line(item: Item, name: str) -> str:
     if item.error:
         return f"FAILED {name}: {item.error}"
     took = (item.finished or 0.0) - (item.started or 0.0)
+    if item.listing:
+        return f"indexed {name}  in {took:.1f}s"
     rate, _ = _rate_eta(item.done, item.size, took)
     return f"done   {name}  {human(item.size)} in {took:.1f}s ({rate})"
 
@@ -248,12 +271,12 @@ class PlainDisplay:
             self.last = now
             done, total = job.done_bytes, job.total
             rate, eta = _rate_eta(done, total, now - job.started)
-            files = sum(1 for i in job.items if i.finished is not None)
+            files = sum(1 for i in job.files if i.finished is not None)
             fraction = done / total if total else 1.0
             bar = "#" * int(fraction * 20)
             self.out.write(
                 f"[{bar:<20}] {fraction * 100:3.0f}%  {human(done)} / {human(total)}  {rate}  "
-                f"ETA {eta}  ({files}/{len(job.items)} files)\n"
+                f"ETA {eta}  ({files}/{len(job.files)} files)\n"
             )
         self.out.flush()
 
@@ -329,14 +352,14 @@ class LiveDisplay:
 
     def update(self, job: Prefetch, now: float, *, force: bool = False) -> None:
         self.now = now
-        files = sum(1 for i in job.items if i.finished is not None)
+        files = sum(1 for i in job.files if i.finished is not None)
         self.progress.update(
             self.total,
             total=job.total,
             completed=job.done_bytes,
-            description=f"total ({files}/{len(job.items)} files)",
+            description=f"total ({files}/{len(job.files)} files)",
         )
-        for item in job.items:
+        for item in job.files:
             if item.started is None or item.finished is not None:
                 continue
             task = self.tasks.get(id(item))
@@ -412,7 +435,12 @@ def run(
     failed = [i for i in work.items if i.error]
     for item in failed:
         err.write(f"regfs prefetch: {item.path}: {item.error}\n")
-    ok = len(work.items) - len(failed)
-    out.write(summary_line(ok, len(work.items), job.done_bytes, now - started, now - job.started))
+    files, trees = len(work.files), len(work.items) - len(work.files)
+    ok = files - len([i for i in failed if not i.listing])
+    line = summary_line(ok, files, job.done_bytes, now - started, now - job.started)
+    if trees:
+        indexed = trees - len([i for i in failed if i.listing])
+        line = line.rstrip("\n") + f"; indexed {indexed} of {trees} image trees (rootfs/)\n"
+    out.write(line)
     out.flush()
     return EXIT_FAILURE if failed or work.errors else EXIT_OK

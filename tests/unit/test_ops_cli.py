@@ -72,6 +72,10 @@ def test_prefetch_plan_reads_images_not_views_and_each_layer_once(tmp_path: Path
     _image(repo / "v1", [DIGEST_A])
     (repo / "latest" / "oci").mkdir()
     (repo / "latest" / "oci" / "index.json").write_bytes(b"{}")
+    # rootfs/ is listed (its layer indexes get built), never read; layers/<digest>/ neither.
+    (repo / "latest" / "rootfs" / "etc").mkdir(parents=True)
+    (repo / "latest" / "rootfs" / "etc" / "os-release").write_bytes(b"ID=x\n")
+    (repo / "latest" / "layers" / DIGEST_A / "etc").mkdir(parents=True)
     (tmp_path / ".regfs").mkdir()
     (tmp_path / ".regfs" / "stats.json").write_bytes(b"{}")
     work = plan([tmp_path, tmp_path / "nothing-here"])
@@ -83,7 +87,10 @@ def test_prefetch_plan_reads_images_not_views_and_each_layer_once(tmp_path: Path
         f"library/hello/latest/layers/{DIGEST_B}.tar.gz",
         "library/hello/v1/manifest.json",
         "library/hello/v1/config.json",
+        "library/hello/latest/rootfs",
     ]
+    assert [i.listing for i in work.items] == [False] * 6 + [True]
+    assert len(work.files) == 6
     assert [p for p, _ in work.errors] == [tmp_path / "nothing-here"]
 
 
@@ -246,3 +253,22 @@ def test_cache_clear_and_prune(tmp_path: Path) -> None:
     disk.write_block(DIGEST_A, 0, "reg", b"a" * 10)  # a running mount goes on writing
     with pytest.raises(ValueError):
         cachectl.clear(tmp_path, "sha256:nothex")
+
+
+def test_prefetch_lists_rootfs_after_reading_and_says_so(tmp_path: Path) -> None:
+    image = tmp_path / "library" / "hello" / "latest"
+    _image(image, [DIGEST_A])
+    (image / "rootfs" / "etc").mkdir(parents=True)
+    out, err = io.StringIO(), io.StringIO()
+    assert prefetch.run([image], jobs=2, out=out, err=err, tty=False) == 0, err.getvalue()
+    text = out.getvalue()
+    assert f"indexed {image / 'rootfs'}" in text
+    assert "prefetched 3 of 3 files" in text
+    assert "indexed 1 of 1 image trees (rootfs/)" in text
+    # A tree that cannot be listed is a failure, named, as a file's would be.
+    (image / "rootfs").rename(image / "gone")
+    (image / "rootfs").symlink_to(image / "nowhere")
+    out, err = io.StringIO(), io.StringIO()
+    assert prefetch.run([image], out=out, err=err, tty=False) == 1
+    assert "rootfs" in err.getvalue()
+    assert "indexed 0 of 1 image trees" in out.getvalue()
