@@ -31,7 +31,7 @@ from tests.fixtures.treecompare import (
 
 pytestmark = pytest.mark.registry
 
-UMOCI_IMAGES = ["merge-gzip", "merge-tar", "diff-v1", "diff-v2"]
+UMOCI_IMAGES = ["merge-gzip", "merge-tar", "merge-docker", "diff-v1", "diff-v2"]
 
 
 def skopeo_raw(registry: RegistryServer, repo: str, reference: str) -> bytes:
@@ -85,6 +85,7 @@ def test_every_image_is_pushed_with_the_promised_layers(
     kinds = {
         "gzip": {"tar+gzip"},
         "tar": {"tar"},
+        "docker": {"gzip"},  # application/vnd.docker.image.rootfs.diff.tar.gzip
         "zstd": {"tar+zstd"},
         "mixed": {"tar+gzip", "tar", "tar+zstd"},
     }
@@ -111,7 +112,7 @@ def test_zstd_and_mixed_variants_hold_the_same_tars(
 
     images = rootfs_images.images
     reference = diff_ids(rootfs_registry, images["merge-gzip"])
-    for name in ("merge-zstd", "merge-mixed", "merge-tar"):
+    for name in ("merge-zstd", "merge-mixed", "merge-tar", "merge-docker"):
         image = images[name]
         assert diff_ids(rootfs_registry, image) == reference, name
         for (digest, media_type), diff_id in zip(image.layers, reference, strict=True):
