@@ -6,6 +6,7 @@ comparator finds a planted difference. This also pins down umoci 0.4.7's behavio
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -80,8 +81,6 @@ def diff_ids(registry: RegistryServer, image: RootfsImage) -> list[str]:
 def test_every_image_is_pushed_with_the_promised_layers(
     rootfs_registry: RegistryServer, rootfs_images: RootfsFixtures
 ) -> None:
-    import hashlib
-
     kinds = {
         "gzip": {"tar+gzip"},
         "tar": {"tar"},
@@ -108,8 +107,6 @@ def test_zstd_and_mixed_variants_hold_the_same_tars(
 ) -> None:
     """So umoci's unpack of the gzip variant is the reference for them: same diff_ids, and
     each layer decompresses (zstd -d, gzip) to the tar its diff_id names."""
-    import hashlib
-
     images = rootfs_images.images
     reference = diff_ids(rootfs_registry, images["merge-gzip"])
     for name in ("merge-zstd", "merge-mixed", "merge-tar", "merge-docker"):
@@ -264,3 +261,44 @@ def test_big_image_unpacks_with_its_200_mib_file(
     assert check(snapshot(root), root, image.expects) == []
     assert rootfs_big["big-zstd"].layers[0][1] == OCI_LAYER_ZSTD
     assert diff_ids(rootfs_registry, rootfs_big["big-zstd"]) == diff_ids(rootfs_registry, image)
+
+
+def test_rootless_umoci_is_no_reference(
+    rootfs_images: RootfsFixtures, umoci: UmociUnpacks, tmp_path: Path
+) -> None:
+    """Why the reference is `umoci unpack` as root: --rootless makes device nodes empty
+    files and every owner the caller (root here), keeping the owner only in a
+    user.rootlesscontainers xattr; nothing else differs."""
+    image = rootfs_images.images["merge-gzip"]
+    as_root = umoci.rootfs(image.repo, image.tag)
+    layout = as_root.parent.parent / "layout"
+    bundle = tmp_path / "rootless"
+    subprocess.run(
+        ["umoci", "unpack", "--rootless", "--image", f"{layout}:{image.tag}", str(bundle)],
+        check=True,
+        capture_output=True,
+    )
+    problems = compare(
+        snapshot(as_root),
+        snapshot(bundle / "rootfs"),
+        labels=("root", "rootless"),
+        any_mtime=image.unpack_time_mtimes,
+    )
+    differing = {tuple(p.split(" ", 2)[:2]) for p in problems}
+    devices = {
+        (f"{path}:", name)
+        for path in ("dev/null", "dev/loop7")
+        for name in ("kind", "size", "rdev", "sha256")
+    }
+    owners = {
+        ("dev/loop7:", "gid"),
+        ("modes/owned:", "uid"),
+        ("modes/owned:", "gid"),
+        ("modes/nobody:", "uid"),
+        ("modes/nobody:", "gid"),
+        ("modes/shared:", "gid"),
+    }
+    owner_xattrs = {(path, "xattrs") for path, _ in owners}
+    assert differing == devices | owners | owner_xattrs, problems
+    assert "dev/null: kind root='char' rootless='file'" in problems
+    assert all("user.rootlesscontainers" in p for p in problems if " xattrs " in p)
