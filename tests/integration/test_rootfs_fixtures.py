@@ -22,10 +22,12 @@ from tests.fixtures.registry import RegistryServer
 from tests.fixtures.rootfs_images import OCI_LAYER_TAR, OCI_LAYER_ZSTD, RootfsFixtures, RootfsImage
 from tests.fixtures.rootfs_layers import QUIRKS, SPARSE_SIZE
 from tests.fixtures.treecompare import (
+    Expect,
     UmociError,
     UmociUnpacks,
     check,
     compare,
+    gnu_tar_extract,
     snapshot,
     umoci_unpack,
 )
@@ -248,8 +250,7 @@ def test_umoci_fails_on_old_gnu_sparse_which_gnu_tar_extracts(
     (entry,) = (x for x in members(tar) if x.name == "./gnu-sparse")
     assert entry.type == tarfile.GNUTYPE_SPARSE and entry.sparse and entry.size == SPARSE_SIZE
     out = tmp_path / "tar"
-    out.mkdir()
-    subprocess.run(["tar", "-x", "-C", str(out)], input=tar, check=True)
+    assert gnu_tar_extract(tar, out) == []
     assert check(snapshot(out), out, image.expects) == []
 
 
@@ -302,3 +303,29 @@ def test_rootless_umoci_is_no_reference(
     assert differing == devices | owners | owner_xattrs, problems
     assert "dev/null: kind root='char' rootless='file'" in problems
     assert all("user.rootlesscontainers" in p for p in problems if " xattrs " in p)
+
+
+def test_one_layer_as_gnu_tar_extracts_it_shows_its_markers(
+    rootfs_registry: RegistryServer, rootfs_images: RootfsFixtures, tmp_path: Path
+) -> None:
+    """The reference for `layers/<digest>/`: a layer's own entries, whiteouts as plain files."""
+    image = rootfs_images.images["merge-tar"]
+    digest, media_type = image.layers[1]
+    complaints = gnu_tar_extract(
+        uncompressed(blob(rootfs_registry, image.repo, digest), media_type), tmp_path
+    )
+    root = tmp_path
+    # A hardlink to a lower layer's file has no target within the layer; GNU tar also does
+    # not know tarfile's PAX hdrcharset record (its non-UTF-8 name is still extracted).
+    assert any("links/cross-hard: Cannot hard link" in line for line in complaints), complaints
+    snap = snapshot(root)
+    expects = [
+        Expect("layer-whiteout", b"etc/.wh.motd", kind="file", size=0),
+        Expect("layer-whiteout", b"opt/.wh.gone", kind="file", size=0),
+        Expect("layer-whiteout", b".wh.reborn", kind="file"),
+        Expect("layer-opaque", b"var/cache", children=(b".wh..wh..opq", b"new")),
+        Expect("layer-duplicate", b"dup/file", data=b"second copy wins\n"),
+        Expect("layer-hardlink", b"links/cross-hard", kind="absent"),
+        Expect("layer-non-utf8", b"names/tarfile-\xff\xfe", kind="file"),
+    ]
+    assert check(snap, root, expects) == []
