@@ -20,7 +20,13 @@ import pytest
 
 from tests.fixtures.registry import RegistryServer
 from tests.fixtures.rootfs_images import OCI_LAYER_TAR, OCI_LAYER_ZSTD, RootfsFixtures, RootfsImage
-from tests.fixtures.rootfs_layers import QUIRKS, SPARSE_SIZE
+from tests.fixtures.rootfs_layers import (
+    QUIRKS,
+    SPARSE_SIZE,
+    gnu_sparse_layer,
+    merge_base,
+    merge_top,
+)
 from tests.fixtures.treecompare import (
     Expect,
     UmociError,
@@ -329,3 +335,18 @@ def test_one_layer_as_gnu_tar_extracts_it_shows_its_markers(
         Expect("layer-non-utf8", b"names/tarfile-\xff\xfe", kind="file"),
     ]
     assert check(snap, root, expects) == []
+
+
+def test_layers_are_reproducible(tmp_path: Path) -> None:
+    """Built twice, byte for byte the same (fixed mtimes, sorted names, no pid in names)."""
+    first = [
+        merge_base(tmp_path / "a"),
+        *merge_top(tmp_path / "a"),
+        gnu_sparse_layer(tmp_path / "a"),
+    ]
+    again = [
+        merge_base(tmp_path / "b"),
+        *merge_top(tmp_path / "b"),
+        gnu_sparse_layer(tmp_path / "b"),
+    ]
+    assert first == again
