@@ -362,3 +362,18 @@ def test_layers_are_reproducible(tmp_path: Path) -> None:
         gnu_sparse_layer(tmp_path / "b"),
     ]
     assert first == again
+
+
+def test_windows_layer_is_its_tar_as_gnu_tar_extracts_it(
+    rootfs_registry: RegistryServer, rootfs_images: RootfsFixtures, tmp_path: Path
+) -> None:
+    """umoci refuses Windows images; `rootfs/` shows the layer's Files/ and Hives/ as the tar
+    holds them, so GNU tar's extraction is the reference (it skips the MSWINDOWS records)."""
+    image = rootfs_images.images["windows"]
+    with pytest.raises(UmociError, match=image.umoci_error):
+        umoci_unpack(rootfs_registry.host, image.repo, image.tag, tmp_path / "umoci")
+    tar = gzip.decompress(blob(rootfs_registry, image.repo, image.layers[0][0]))
+    assert any("MSWINDOWS.rawsd" in x.pax_headers for x in members(tar))
+    complaints = gnu_tar_extract(tar, tmp_path / "tar")
+    assert all("MSWINDOWS" in line or "LIBARCHIVE" in line for line in complaints), complaints
+    assert check(snapshot(tmp_path / "tar"), tmp_path / "tar", image.expects) == []
