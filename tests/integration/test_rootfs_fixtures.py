@@ -19,9 +19,14 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.registry import RegistryServer
-from tests.fixtures.rootfs_images import OCI_LAYER_TAR, OCI_LAYER_ZSTD, RootfsFixtures, RootfsImage
-from tests.fixtures.rootfs_layers import (
+from tests.fixtures.rootfs_images import (
+    OCI_LAYER_TAR,
+    OCI_LAYER_ZSTD,
     QUIRKS,
+    RootfsFixtures,
+    RootfsImage,
+)
+from tests.fixtures.rootfs_layers import (
     SPARSE_SIZE,
     gnu_sparse_layer,
     merge_base,
