@@ -26,7 +26,7 @@ from tests.unit.test_layer_support import (
     make_tree,
 )
 
-HOW = ["gzip", "zstd", "zstd-frames", "tar"]
+HOW = ["gzip", "gzip-members", "zstd", "zstd-frames", "tar"]
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +67,9 @@ async def test_every_file_reads_as_tarfile_does(
     async with cache.running():
         files = layer_files(cache, disk)
         index = await files.index(blob, digest(tar))
-        assert index.format is {"tar": Format.TAR, "gzip": Format.GZIP}.get(how, Format.ZSTD)
+        assert index.format is Format(how.split("-")[0])
         assert index.flat == (how == "zstd")
-        if how in ("gzip", "zstd-frames"):
+        if how != "zstd" and how != "tar":
             assert len(index.spans) > 10  # seek points every 64 KiB or so
         expected = expected_files(tar)
         entries = by_path(index)
