@@ -45,13 +45,16 @@ FLAT_FACTOR = 2
 
 class SpanHasher:
     """sha256 of each compressed span, fed the blob in order and told where spans end.
-    Keeps only the bytes of the span in progress. `overlap`: gzip spans begin one byte before
-    their seek point (zran may need bits of that byte), so that byte is in two spans."""
+    Keeps only bytes that a span end still to come may fall in: `settle(offset)` says none
+    will fall below `offset` (zstd: frames start where decompression has got to), the rest is
+    hashed as it goes. `overlap`: gzip spans begin one byte before their seek point (zran may
+    need bits of that byte), so that byte is in two spans."""
 
     def __init__(self, overlap: int) -> None:
         self.overlap = overlap
         self.buffer = bytearray()
-        self.buffer_at = 0
+        self.buffer_at = 0  # blob offset of buffer[0]; bytes before it are in `sha`
+        self.sha = hashlib.sha256()
         self.starts: list[tuple[int, int]] = [(0, 0)]  # (uncompressed, compressed) of each span
         self.digests: list[str] = []
         self.ends: list[int] = []  # compressed end of each span hashed
@@ -60,19 +63,19 @@ class SpanHasher:
         assert offset == self.buffer_at + len(self.buffer)
         self.buffer += data
 
+    def settle(self, offset: int) -> None:
+        self._hash_to(offset - self.overlap)
+
     def cut(self, uncompressed: int, compressed: int) -> None:
         """A span begins at this seek point: the previous one is complete."""
-        cstart = self.starts[-1][1]
-        self._hash(cstart, compressed)
-        self.ends.append(compressed)
-        start = max(cstart, compressed - self.overlap)
-        del self.buffer[: start - self.buffer_at]
-        self.buffer_at = start
+        start = max(self.starts[-1][1], compressed - self.overlap)
+        carried = bytes(self.buffer[start - self.buffer_at : compressed - self.buffer_at])
+        self._close_span(compressed)
+        self.sha.update(carried)
         self.starts.append((uncompressed, start))
 
     def finish(self, size: int, compressed_size: int) -> tuple[Span, ...]:
-        self._hash(self.starts[-1][1], compressed_size)
-        self.ends.append(compressed_size)
+        self._close_span(compressed_size)
         ends = [u for u, _c in self.starts[1:]] + [size]
         return tuple(
             Span(start, end, cstart, cend, digest)
@@ -81,10 +84,56 @@ class SpanHasher:
             )
         )
 
-    def _hash(self, start: int, end: int) -> None:
-        view = memoryview(self.buffer)[start - self.buffer_at : end - self.buffer_at]
-        self.digests.append("sha256:" + hashlib.sha256(view).hexdigest())
-        view.release()
+    def _close_span(self, end: int) -> None:
+        self._hash_to(end)
+        assert self.buffer_at == end, "span end beyond the bytes fed"
+        self.digests.append("sha256:" + self.sha.hexdigest())
+        self.ends.append(end)
+        self.sha = hashlib.sha256()
+
+    def _hash_to(self, offset: int) -> None:
+        n = min(len(self.buffer), offset - self.buffer_at)
+        if n > 0:
+            self.sha.update(memoryview(self.buffer)[:n])
+            del self.buffer[:n]
+            self.buffer_at += n
+
+
+class FlatCopy:
+    """A decompressed copy of a layer being written, with the sha256 of each `span_bytes`
+    chunk (reads check the copy: it is a file on disk like any other)."""
+
+    def __init__(self, target: IO[bytes], span_bytes: int) -> None:
+        self.target = target
+        self.span_bytes = span_bytes
+        self.sha = hashlib.sha256()
+        self.filled = 0  # bytes in the chunk being hashed
+        self.digests: list[str] = []
+        self.abandoned = False  # the layer has seek points: no copy needed
+
+    def write(self, data: bytes) -> None:
+        if self.abandoned:
+            return
+        self.target.write(data)
+        view = memoryview(data)
+        while view:
+            n = min(len(view), self.span_bytes - self.filled)
+            self.sha.update(view[:n])
+            self.filled += n
+            view = view[n:]
+            if self.filled == self.span_bytes:
+                self._next_chunk()
+
+    def close(self) -> list[str]:
+        if self.filled or not self.digests:
+            self._next_chunk()
+        self.target.flush()
+        os.fsync(self.target.fileno())
+        return self.digests
+
+    def _next_chunk(self) -> None:
+        self.digests.append("sha256:" + self.sha.hexdigest())
+        self.sha, self.filled = hashlib.sha256(), 0
 
 
 class Pieces(io.RawIOBase):
@@ -189,14 +238,17 @@ def scan_tar(stream: io.RawIOBase) -> tuple[Entry, ...]:
     return tuple(entries)
 
 
-def build(blob_file: BlobFile, span_bytes: int) -> LayerIndex:
-    """Index the blob `blob_file` reads. Raises IntegrityError if it is not a tar."""
+def build(
+    blob_file: BlobFile, span_bytes: int, flat_copy: Callable[[], FlatCopy] | None = None
+) -> LayerIndex:
+    """Index the blob `blob_file` reads. Raises IntegrityError if it is not a tar. A zstd
+    layer is also decompressed into `flat_copy()` as it goes, in case it is one frame."""
     head = blob_file.peek_start(4)
     try:
         if head.startswith(GZIP_MAGIC):
             return _build_gzip(blob_file, span_bytes)
         if head.startswith(ZSTD_MAGIC):
-            return _build_zstd(blob_file, span_bytes)
+            return _build_zstd(blob_file, span_bytes, flat_copy() if flat_copy else None)
         entries, diff_id, size = scan(lambda: blob_file.read(PIECE) or b"")
         return LayerIndex(blob_file.blob.digest, entries, Format.TAR, diff_id, size)
     except (zlib.error, zstandard.ZstdError, indexed_gzip.ZranError, EOFError) as e:
@@ -250,8 +302,12 @@ class ZranIndexer(threading.Thread):
 
     def run(self) -> None:
         try:
+            # Only seeks: no buffer of uncompressed data wanted (its default is 4 spans).
             gz = indexed_gzip.IndexedGzipFile(
-                fileobj=self.file, spacing=self.span_bytes, readbuf_size=1 << 20
+                fileobj=self.file,
+                spacing=self.span_bytes,
+                readbuf_size=1 << 20,
+                buffer_size=1 << 16,
             )
             with gz:
                 self._grow(gz)
@@ -280,16 +336,29 @@ class ZranIndexer(threading.Thread):
                 return
 
 
-def _build_zstd(blob_file: BlobFile, span_bytes: int) -> LayerIndex:
+def _build_zstd(blob_file: BlobFile, span_bytes: int, copy: FlatCopy | None) -> LayerIndex:
+    """Seek points at frame starts at least `span_bytes` apart. A decompressed copy is
+    written as the pass goes until the first seek point shows it is not needed (a layer of
+    one frame keeps it, and is read from it)."""
     hasher = SpanHasher(overlap=0)
     blob_file.on_bytes = hasher.feed
 
     def frame(compressed: int, uncompressed: int) -> None:
         if uncompressed - hasher.starts[-1][0] >= span_bytes:
             hasher.cut(uncompressed, compressed)
+            if copy is not None:
+                copy.abandoned = True
 
     frames = ZstdFrames(blob_file, frame)
-    entries, diff_id, size = scan(lambda: frames.read(PIECE) or b"")
+
+    def next_piece() -> bytes:
+        piece = frames.read(PIECE) or b""
+        hasher.settle(frames.pending_at)  # no frame starts before what was decompressed
+        if copy is not None:
+            copy.write(piece)
+        return piece
+
+    entries, diff_id, size = scan(next_piece)
     spans = hasher.finish(size, blob_file.blob.size)
     flat = max((s.end - s.start for s in spans), default=0) > FLAT_FACTOR * span_bytes
     digest = blob_file.blob.digest
@@ -303,22 +372,10 @@ def flat_chunks(size: int, span_bytes: int) -> list[tuple[int, int]]:
     return [(at, min(size, at + span_bytes)) for at in range(0, size, span_bytes)] or [(0, 0)]
 
 
-def write_flat(blob_file: BlobFile, target: IO[bytes], span_bytes: int) -> list[str]:
-    """Decompress the layer into `target`; the sha256 of each `span_bytes` chunk written,
-    which reads check (the copy is a file on disk, so it is checked like anything else)."""
+def write_flat(blob_file: BlobFile, copy: FlatCopy) -> list[str]:
+    """Decompress the layer into the copy (a second pass, when the first could not keep
+    one); the digests of its chunks."""
     frames = ZstdFrames(blob_file)
-    digests = []
-    while True:
-        chunk = frames.read(span_bytes) or b""
-        while chunk and len(chunk) < span_bytes:
-            more = frames.read(span_bytes - len(chunk))
-            if not more:
-                break
-            chunk += more
-        if not chunk:
-            break
-        target.write(chunk)
-        digests.append("sha256:" + hashlib.sha256(chunk).hexdigest())
-    target.flush()
-    os.fsync(target.fileno())
-    return digests
+    while piece := frames.read(PIECE):
+        copy.write(piece)
+    return copy.close()

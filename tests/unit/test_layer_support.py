@@ -73,9 +73,12 @@ def compress(tar: bytes, how: str, tmp: Path) -> bytes:
         ).stdout
     # Several frames (zstd) or members (gzip), as chunked producers make: CLI outputs of
     # pieces of the tar, concatenated (each tool reads such a stream as one).
-    tool = {"zstd-frames": ["zstd", "-q", "-c"], "gzip-members": ["gzip", "-c"]}[how]
-    step = 100_000 if how == "zstd-frames" else 700_000  # frames under 2 spans: no flat copy
+    # "zstd-late-frame": small frames, then one frame of all the rest.
+    tool = ["gzip", "-c"] if how == "gzip-members" else ["zstd", "-q", "-c"]
+    step = 700_000 if how == "gzip-members" else 100_000  # zstd: frames under 2 spans
     pieces = [tar[i : i + step] for i in range(0, len(tar), step)]
+    if how == "zstd-late-frame":
+        pieces = [*pieces[:3], b"".join(pieces[3:])]
     return b"".join(
         subprocess.run(tool, input=p, capture_output=True, check=True).stdout for p in pieces
     )
