@@ -78,6 +78,26 @@ class _CopyFile:
                 os.unlink(self.temporary)
 
 
+def _remove_orphans(path: Path) -> None:
+    """Copies half-written by a process that is gone (killed during a build): nothing else
+    would remove them, since the cache's scan only knows complete artifacts."""
+    for stale in path.parent.glob(f"{path.name}.tmp-*"):
+        pid = stale.name.rsplit(".tmp-", 1)[1].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, and someone else's
+    return True
+
+
 class LayerFiles:
     """Indexes of layers and reads of the files inside them, for one mount."""
 
@@ -226,6 +246,7 @@ class LayerFiles:
             target: IO[bytes] = tempfile.TemporaryFile(prefix="regfs-layer-")  # noqa: SIM115
             return _CopyFile(builder.FlatCopy(target, self.span_bytes), None, None, blob.digest)
         path = self.disk.derived_path(FLAT_KIND, blob.digest)
+        _remove_orphans(path)
         temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}-{next(_copies)}")
         target = open(temporary, "wb")  # noqa: SIM115 (closed by _keep or discard)
         return _CopyFile(builder.FlatCopy(target, self.span_bytes), temporary, path, blob.digest)
@@ -252,8 +273,7 @@ class LayerFiles:
 
     async def _read_flat(self, blob: BlobRef, index: LayerIndex, k: int) -> bytes:
         span = index.spans[k]
-        lock = self._flat_locks.setdefault(blob.digest, trio.Lock())
-        async with lock:  # one copy made again, if it was evicted, however many read
+        while True:
             if self.disk is None and blob.digest in self._flat_files:
                 fd = self._flat_files[blob.digest].fileno()
                 return await trio.to_thread.run_sync(
@@ -261,19 +281,24 @@ class LayerFiles:
                 )
             if self.disk is not None:
                 path = self.disk.derived_path(FLAT_KIND, blob.digest)
-                try:
+                with contextlib.suppress(FileNotFoundError):
                     return await trio.to_thread.run_sync(
                         pread, path, span.start, span.end - span.start
                     )
-                except FileNotFoundError:
-                    pass
+            await self._remake_flat(blob, index)
+
+    async def _remake_flat(self, blob: BlobRef, index: LayerIndex) -> None:
+        """The copy was evicted or cleared: make it again, once however many read."""
+        lock = self._flat_locks.setdefault(blob.digest, trio.Lock())
+        async with lock:
+            if self.disk is not None and self.disk.derived_path(FLAT_KIND, blob.digest).exists():
+                return  # made again while this reader waited
             log.info("layer %s: making its decompressed copy again", blob.digest)
             spans = await trio.to_thread.run_sync(
                 self._write_flat, blob, index.size, limiter=self._build_limiter
             )
             if spans != index.spans:
                 raise IntegrityError(f"layer {blob.digest}: its copy differs from its index")
-        return await self._read_flat(blob, index, k)
 
     # -- reads --------------------------------------------------------------------------
 

@@ -212,11 +212,12 @@ async def test_a_remount_loads_the_index_without_fetching(
     assert loaded.entries == built.entries and loaded.spans == built.spans
 
 
+@pytest.mark.parametrize("how", ["gzip", "zstd-frames", "zstd"])
 async def test_parallel_readers_get_identical_bytes(
-    tars: dict[str, bytes], tmp_path: Path, disk: DiskCache
+    tars: dict[str, bytes], tmp_path: Path, disk: DiskCache, how: str
 ) -> None:
     tar = tars["gnu"]
-    data = compress(tar, "gzip", tmp_path)
+    data = compress(tar, how, tmp_path)
     blob = blob_of(data, Source(data))
     expected = expected_files(tar)
     cache = make_cache(disk)
@@ -289,3 +290,26 @@ async def test_a_waiter_fails_only_after_no_progress_for_the_timeout(
         # The build went on without the waiter that gave up.
         with trio.fail_after(10):
             assert (await files.index(blob, None)).entries
+
+
+async def test_an_evicted_copy_is_made_again_and_orphans_are_removed(
+    tars: dict[str, bytes], tmp_path: Path, disk: DiskCache
+) -> None:
+    tar = tars["posix"]
+    data = compress(tar, "zstd", tmp_path)
+    blob = blob_of(data, Source(data))
+    copy = disk.derived_path("layer-tar", blob.digest)
+    orphan = copy.with_name(copy.name + ".tmp-999999999-0")  # of a process killed mid-build
+    orphan.write_bytes(b"half a copy")
+    cache = make_cache(disk)
+    async with cache.running():
+        files = layer_files(cache, disk)
+        index = await files.index(blob, None)
+        assert index.flat and copy.stat().st_size == index.size and not orphan.exists()
+        copy.unlink()  # evicted
+        entry = by_path(index)["big"]
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                nursery.start_soon(files.read, blob, index, entry, 1000, 200_000)
+        assert await files.read(blob, index, entry, 0, entry.size) == expected_files(tar)["big"]
+        assert copy.exists()
