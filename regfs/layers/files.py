@@ -35,7 +35,8 @@ from .streams import BlobFile
 
 log = logging.getLogger(__name__)
 
-INDEXES_IN_MEMORY = 64
+# Indexes kept in memory, by approximate size (an index dropped is loaded again from disk).
+INDEX_BYTES = 128 << 20
 BUILD_THREADS = 8  # index builds at once (mostly waiting on the network)
 
 
@@ -78,6 +79,10 @@ class _CopyFile:
                 os.unlink(self.temporary)
 
 
+def _footprint(index: LayerIndex) -> int:
+    return len(index.gzip_index) + 300 * len(index.entries) + 100 * len(index.spans)
+
+
 def _remove_orphans(path: Path) -> None:
     """Copies half-written by a process that is gone (killed during a build): nothing else
     would remove them, since the cache's scan only knows complete artifacts."""
@@ -115,7 +120,9 @@ class LayerFiles:
         self.span_bytes = span_bytes
         self.timeout = timeout
         self.spans = Spans(cache, inflated_bytes)
-        self._indexes: LRUCache[str, LayerIndex] = LRUCache(maxsize=INDEXES_IN_MEMORY)
+        self._indexes: LRUCache[str, LayerIndex] = LRUCache(
+            maxsize=INDEX_BYTES, getsizeof=_footprint
+        )
         self._builds: dict[str, _Build] = {}
         self._builds_finished = 0
         self._build_limiter = trio.CapacityLimiter(BUILD_THREADS)
@@ -195,7 +202,9 @@ class LayerFiles:
                     await trio.to_thread.run_sync(
                         self.disk.put_derived, KIND, digest, encode(index)
                     )
-            self._indexes[digest] = build.result = index
+            build.result = index
+            if _footprint(index) <= self._indexes.maxsize:
+                self._indexes[digest] = index
         except Exception as e:  # a system task must not raise: the waiters get it
             log.warning("layer %s could not be indexed: %s", digest, e)
             build.error = e

@@ -31,7 +31,9 @@ from .streams import WindowFile, decompress_frames
 log = logging.getLogger(__name__)
 
 SEEKERS_PER_LAYER = 3
-LAYERS_WITH_SEEKERS = 16  # pools kept (each seeker holds the layer's seek point windows)
+# Memory for seekers: each holds its layer's seek point windows (32 KiB per point: 8 MiB for
+# a 1 GiB layer with 4 MiB spans), so pools are kept by size, least recently used dropped.
+SEEKER_BYTES = 96 << 20
 
 
 class Seeker:
@@ -57,6 +59,11 @@ class SeekerPool:
         self.limiter = limiter
         self.idle: list[Seeker] = []
         self.slots = trio.Semaphore(SEEKERS_PER_LAYER)
+
+    @property
+    def footprint(self) -> int:
+        """What its seekers may hold, at most (a pool bigger than the budget is not kept)."""
+        return max(1, len(self.gzip_index) * SEEKERS_PER_LAYER)
 
     async def inflate(self, span: Span, compressed: bytes) -> bytes:
         async with self.slots:
@@ -84,7 +91,9 @@ class Spans:
             maxsize=max(1, inflated_bytes), getsizeof=len
         )
         self.flights: dict[tuple[str, int], trio.Event] = {}
-        self.pools: LRUCache[str, SeekerPool] = LRUCache(maxsize=LAYERS_WITH_SEEKERS)
+        self.pools: LRUCache[str, SeekerPool] = LRUCache(
+            maxsize=SEEKER_BYTES, getsizeof=lambda pool: pool.footprint
+        )
         self.inflated = 0  # spans inflated (a sequential reader inflates each once)
 
     async def span(self, blob: BlobRef, index: LayerIndex, k: int, flat: FlatReader) -> bytes:
@@ -126,9 +135,9 @@ class Spans:
         if index.format is Format.GZIP:
             pool = self.pools.get(index.digest)
             if pool is None:
-                pool = self.pools[index.digest] = SeekerPool(
-                    blob.size, index.gzip_index, self.limiter
-                )
+                pool = SeekerPool(blob.size, index.gzip_index, self.limiter)
+                if pool.footprint <= self.pools.maxsize:
+                    self.pools[index.digest] = pool
             data = await pool.inflate(span, compressed)
         else:
             data = await trio.to_thread.run_sync(
