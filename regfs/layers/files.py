@@ -345,8 +345,7 @@ class LayerFiles:
         """Bytes [start, end) of the layer's uncompressed stream."""
         if index.format is Format.TAR:
             return await self.cache.read(blob, start, end - start)
-        starts = [s.start for s in index.spans]
-        k = bisect.bisect_right(starts, start) - 1
+        k = bisect.bisect_right(index.span_starts, start) - 1
         parts = []
         while start < end:
             span = index.spans[k]

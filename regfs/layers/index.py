@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import enum
+import functools
 import json
 import struct
 import zlib
@@ -58,6 +59,11 @@ class LayerIndex:
 
     def __hash__(self) -> int:
         return hash(self.digest)
+
+    @functools.cached_property
+    def span_starts(self) -> list[int]:
+        """Where each span begins (uncompressed), for bisecting."""
+        return [s.start for s in self.spans]
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, LayerIndex) and other.digest == self.digest

@@ -50,3 +50,65 @@ async def test_info_prune_and_clear_know_layer_indexes(tmp_path: Path) -> None:
     # Clearing a layer's digest removes what was derived from it.
     cachectl.clear(tmp_path / "cache", blob_of(zst, None).digest)
     assert {a.kind for a in cachectl.summary(tmp_path / "cache").derived} == {"layer-index"}
+
+
+KILLED_BUILD = """
+import sys, time, trio
+from pathlib import Path
+from regfs.cache.disk import DiskCache
+from tests.unit.test_layer_support import Source, blob_of, layer_files, make_cache
+
+class Slow(Source):
+    async def fetch(self, start, end, sink):
+        await trio.sleep(0.05)
+        await super().fetch(start, end, sink)
+
+async def main():
+    data = Path(sys.argv[1]).read_bytes()
+    disk = DiskCache(Path(sys.argv[2]), max_bytes=1 << 30)
+    cache = make_cache(disk)
+    async with cache.running():
+        files = layer_files(cache, disk)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(files.index, blob_of(data, Slow(data)), None)
+            while not files.progress() or files.progress()[0].done == 0:
+                await trio.sleep(0.01)
+            print("building", flush=True)
+
+trio.run(main)
+"""
+
+
+async def test_a_build_killed_halfway_leaves_nothing_that_is_used(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    make_tree(tmp_path / "tree")
+    tar = gnu_tar(tmp_path / "tree", tmp_path / "l.tar", fmt="gnu")
+    for how in ("gzip", "zstd"):
+        data = compress(tar, how, tmp_path)
+        (tmp_path / "layer").write_bytes(data)
+        child = subprocess.Popen(
+            [sys.executable, "-c", KILLED_BUILD, str(tmp_path / "layer"), str(tmp_path / "c")],
+            stdout=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        )
+        assert child.stdout is not None and child.stdout.readline() == b"building\n"
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        disk = DiskCache(tmp_path / "c", max_bytes=1 << 30)
+        digest = blob_of(data, None).digest
+        assert [a for a in disk.artifacts() if a.digest == digest] == []  # none half-written
+        assert disk.get_derived("layer-index", blob_of(data, None).digest) is None
+        half_written = list((disk.root / "derived").rglob("*.tmp-*"))
+        assert len(half_written) == (how == "zstd")  # the copy being written as it went
+        # The next mount builds the index again, and a half-written copy goes with it.
+        cache = make_cache(disk)
+        async with cache.running():
+            files = layer_files(cache, disk)
+            index = await files.index(blob_of(data, Source(data)), None)
+        assert files.builds == 1 and index.entries
+        leftovers = list((disk.root / "derived").rglob("*.tmp-*"))
+        assert leftovers == []
