@@ -363,6 +363,19 @@ def make_tree(
     return InodeTable(root)
 
 
+def mount_options(fuse_options: list[str], *, as_root: bool) -> set[str]:
+    """What the kernel is asked for: read-only and, unless `-o suid` / `-o dev` lift them,
+    nosuid,nodev: an image's setuid binaries and device nodes must not become the host's."""
+    options = set(pyfuse3.default_options) | {"fsname=regfs", "subtype=regfs", "ro"}
+    options |= {"nosuid", "nodev"} | ({"allow_other"} if as_root else set())
+    for extra in fuse_options:
+        options.update(o for o in extra.split(",") if o)
+    for lifted in ("suid", "dev"):
+        if lifted in options:  # both in the set: which one libfuse takes would be chance
+            options.discard(f"no{lifted}")
+    return options
+
+
 def mount_device(mountpoint: Path) -> str | None:
     """major:minor of the filesystem mounted at `mountpoint`, from /proc/self/mountinfo.
 
@@ -400,13 +413,7 @@ async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
             tag_ttl=config.options.tag_ttl,
             read_sizes=read_sizes,
         )
-        options = set(pyfuse3.default_options)
-        options.discard("default_permissions")
-        options |= {"fsname=regfs", "subtype=regfs", "ro", "default_permissions"}
-        if os.getuid() == 0:
-            options.add("allow_other")
-        for extra in config.fuse_options:
-            options.update(o for o in extra.split(",") if o)
+        options = mount_options(config.fuse_options, as_root=os.getuid() == 0)
         with ExitStack() as handshake_output:
             said = handshake_output.enter_context(captured_stderr())
             pyfuse3.init(ops, str(config.mountpoint), options)
@@ -452,10 +459,7 @@ async def _ready_when_serving(
     whose reply would lower it again (vfs.kernel). A failed start stops the mount."""
     try:
         serving = await when_serving(
-            config.mountpoint,
-            ops.initialized,
-            device_of=mount_device,
-            read_ahead_kb=READ_AHEAD_KB,
+            config.mountpoint, ops.initialized, device_of=mount_device, read_ahead_kb=READ_AHEAD_KB
         )
     except HandshakeError as exc:
         start.failure = str(exc)
