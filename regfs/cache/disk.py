@@ -291,6 +291,14 @@ class DiskCache:
                 os.utime(path)  # used now: eviction goes by last use
         return data
 
+    def derived_path(self, kind: str, digest: str) -> Path:
+        """Where a derived artifact too big for memory lives (e.g. a decompressed layer), for
+        the caller to write to a temporary name beside it and rename into place; such files
+        carry no trailer (their maker checks them) and are evicted and cleared as any other."""
+        path = self._derived_path(kind, digest)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
     # -- what the cache holds: scan, eviction, clear --------------------------------------
 
     def blobs(self) -> list[CachedBlob]:

@@ -1,0 +1,280 @@
+"""LayerFiles: the indexes of a mount's layers, and reads of the files inside them.
+
+An index is loaded from the disk cache's derived area or built by one streamed pass
+(build.py) in a worker thread, once per digest however many ask; the build runs as a trio
+system task so a reader that gives up (interrupted, or timed out) does not stop it for the
+others. A waiter fails only after no build has made progress for `timeout` seconds: a large
+layer over a slow link may take much longer than that, and still be worth waiting for.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from typing import IO
+
+import trio
+from cachetools import LRUCache
+
+from ..cache.blob import BlobRef
+from ..cache.blocks import BlockCache
+from ..cache.disk import DiskCache
+from ..errors import IntegrityError, TransientError
+from ..oci.entry import Entry
+from . import build as builder
+from .index import FLAT_KIND, KIND, DamagedIndex, Format, LayerIndex, Span, decode, encode
+from .spans import Spans, pread
+from .streams import BlobFile
+
+log = logging.getLogger(__name__)
+
+INDEXES_IN_MEMORY = 64
+BUILD_THREADS = 8  # index builds at once (mostly waiting on the network)
+
+
+@dataclass(frozen=True)
+class BuildProgress:
+    digest: str
+    done: int  # compressed bytes read
+    total: int  # the blob's size
+    rate: float  # bytes per second since the build began
+
+
+class _Build:
+    def __init__(self, blob: BlobRef) -> None:
+        self.blob = blob
+        self.began = time.monotonic()
+        self.file: BlobFile | None = None
+        self.finished = trio.Event()
+        self.result: LayerIndex | None = None
+        self.error: Exception | None = None
+
+    @property
+    def done(self) -> int:
+        return self.file.furthest if self.file is not None else 0
+
+
+class LayerFiles:
+    """Indexes of layers and reads of the files inside them, for one mount."""
+
+    def __init__(
+        self,
+        cache: BlockCache,
+        disk: DiskCache | None,
+        *,
+        span_bytes: int = 4 << 20,
+        inflated_bytes: int = 64 << 20,
+        timeout: float = 60.0,
+    ) -> None:
+        self.cache = cache
+        self.disk = disk
+        self.span_bytes = span_bytes
+        self.timeout = timeout
+        self.spans = Spans(cache, inflated_bytes)
+        self._indexes: LRUCache[str, LayerIndex] = LRUCache(maxsize=INDEXES_IN_MEMORY)
+        self._builds: dict[str, _Build] = {}
+        self._builds_finished = 0
+        self._build_limiter = trio.CapacityLimiter(BUILD_THREADS)
+        self._flat_locks: dict[str, trio.Lock] = {}
+        self._flat_files: dict[str, IO[bytes]] = {}  # without a disk cache: temporary files
+        self.builds = 0  # indexes built (not loaded)
+
+    # -- indexes ------------------------------------------------------------------------
+
+    async def index(self, blob: BlobRef, diff_id: str | None) -> LayerIndex:
+        """The layer's index: loaded from the disk cache, or built by one streamed pass
+        through the block cache (one build per digest however many ask; concurrent layers
+        build concurrently). Raises IntegrityError if the uncompressed stream does not match
+        diff_id (logged), or if the blob is not a tar (gzip, zstd or plain)."""
+        index = self._indexes.get(blob.digest)
+        if index is None:
+            index = await self._wait(self._build_for(blob))
+        if diff_id is not None and index.diff_id != diff_id:
+            log.error(
+                "layer %s: its uncompressed stream is %s, not the diff_id %s the config says",
+                blob.digest,
+                index.diff_id,
+                diff_id,
+            )
+            raise IntegrityError(
+                f"layer {blob.digest} does not match its diff_id {diff_id}", digest=blob.digest
+            )
+        return index
+
+    def progress(self) -> list[BuildProgress]:
+        """Builds in progress: digest, bytes done, total, rate."""
+        now = time.monotonic()
+        return [
+            BuildProgress(d, b.done, b.blob.size, b.done / max(1e-3, now - b.began))
+            for d, b in self._builds.items()
+        ]
+
+    def _build_for(self, blob: BlobRef) -> _Build:
+        build = self._builds.get(blob.digest)
+        if build is None:
+            build = self._builds[blob.digest] = _Build(blob)
+            trio.lowlevel.spawn_system_task(self._run_build, build)
+        return build
+
+    async def _wait(self, build: _Build) -> LayerIndex:
+        seen, quiet_since = -1, time.monotonic()
+        while not build.finished.is_set():
+            with trio.move_on_after(min(1.0, self.timeout)):
+                await build.finished.wait()
+            progress = self._builds_finished + sum(b.done for b in self._builds.values())
+            now = time.monotonic()
+            if progress != seen:
+                seen, quiet_since = progress, now
+            elif now - quiet_since >= self.timeout and not build.finished.is_set():
+                log.error(
+                    "layer %s: its index made no progress for %ss", build.blob.digest, self.timeout
+                )
+                raise TransientError(
+                    f"indexing layer {build.blob.digest}: no progress for {self.timeout:g}s",
+                    digest=build.blob.digest,
+                )
+        if build.error is not None:
+            raise build.error
+        assert build.result is not None
+        return build.result
+
+    async def _run_build(self, build: _Build) -> None:
+        digest = build.blob.digest
+        try:
+            index = await self._load(digest)
+            if index is None:
+                index = await trio.to_thread.run_sync(
+                    self._build_blocking, build, limiter=self._build_limiter
+                )
+                self.builds += 1
+                if self.disk is not None:
+                    await trio.to_thread.run_sync(
+                        self.disk.put_derived, KIND, digest, encode(index)
+                    )
+            self._indexes[digest] = build.result = index
+        except Exception as e:  # a system task must not raise: the waiters get it
+            log.warning("layer %s could not be indexed: %s", digest, e)
+            build.error = e
+        finally:
+            del self._builds[digest]
+            self._builds_finished += 1
+            build.finished.set()
+
+    async def _load(self, digest: str) -> LayerIndex | None:
+        if self.disk is None:
+            return None
+        data = await trio.to_thread.run_sync(self.disk.get_derived, KIND, digest)
+        if data is None:
+            return None
+        try:
+            return decode(data, digest)
+        except DamagedIndex as e:
+            log.warning("layer %s: persisted index not used (%s); building it again", digest, e)
+            return None
+
+    def _build_blocking(self, build: _Build) -> LayerIndex:
+        build.file = BlobFile(self.cache, build.blob)
+        index = builder.build(build.file, self.span_bytes)
+        if index.flat:
+            index = replace(index, spans=self._write_flat(build.blob, index.size))
+        return index
+
+    # -- single-frame zstd layers: a decompressed copy ------------------------------------
+
+    def _write_flat(self, blob: BlobRef, size: int) -> tuple[Span, ...]:
+        """Decompress the layer once (a second pass, over the now cached blob) into the
+        disk cache's derived area, or a temporary file without one; its chunks' digests."""
+        source = BlobFile(self.cache, blob)
+        if self.disk is None:
+            target: IO[bytes] = tempfile.TemporaryFile(prefix="regfs-layer-")  # noqa: SIM115 (kept open)
+            digests = builder.write_flat(source, target, self.span_bytes)
+            self._flat_files[blob.digest] = target
+        else:
+            path = self.disk.derived_path(FLAT_KIND, blob.digest)
+            temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}-{id(source)}")
+            try:
+                with open(temporary, "wb") as f:
+                    digests = builder.write_flat(source, f, self.span_bytes)
+                os.replace(temporary, path)
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(temporary)
+        chunks = builder.flat_chunks(size, self.span_bytes)
+        return tuple(Span(a, b, 0, 0, d) for (a, b), d in zip(chunks, digests, strict=False))
+
+    async def _read_flat(self, blob: BlobRef, index: LayerIndex, k: int) -> bytes:
+        span = index.spans[k]
+        lock = self._flat_locks.setdefault(blob.digest, trio.Lock())
+        async with lock:  # one copy made again, if it was evicted, however many read
+            if self.disk is None and blob.digest in self._flat_files:
+                fd = self._flat_files[blob.digest].fileno()
+                return await trio.to_thread.run_sync(
+                    os.pread, fd, span.end - span.start, span.start
+                )
+            if self.disk is not None:
+                path = self.disk.derived_path(FLAT_KIND, blob.digest)
+                try:
+                    return await trio.to_thread.run_sync(
+                        pread, path, span.start, span.end - span.start
+                    )
+                except FileNotFoundError:
+                    pass
+            log.info("layer %s: making its decompressed copy again", blob.digest)
+            spans = await trio.to_thread.run_sync(
+                self._write_flat, blob, index.size, limiter=self._build_limiter
+            )
+            if spans != index.spans:
+                raise IntegrityError(f"layer {blob.digest}: its copy differs from its index")
+        return await self._read_flat(blob, index, k)
+
+    # -- reads --------------------------------------------------------------------------
+
+    async def read(
+        self, blob: BlobRef, index: LayerIndex, entry: Entry, offset: int, size: int
+    ) -> bytes:
+        """Exactly bytes [offset, offset+size) of the file `entry` (short only at its end);
+        sparse holes read as zeros. Every compressed byte used is checked against the span
+        digest recorded at index time before it is inflated (IntegrityError otherwise)."""
+        end = min(entry.size, offset + max(0, size))
+        if offset >= end:
+            return b""
+        if entry.sparse is None:
+            return await self._stream(blob, index, entry.offset + offset, entry.offset + end)
+        parts: list[bytes] = []
+        at, stored = offset, entry.offset  # `stored`: where the next segment's data is
+        for start, length in entry.sparse:
+            if start + length <= at:
+                stored += length
+                continue
+            if start >= end:
+                break
+            if start > at:
+                parts.append(bytes(start - at))
+                at = start
+            stop = min(end, start + length)
+            first = stored + (at - start)
+            parts.append(await self._stream(blob, index, first, first + stop - at))
+            at = stop
+            stored += length
+        parts.append(bytes(end - at))
+        return b"".join(parts)
+
+    async def _stream(self, blob: BlobRef, index: LayerIndex, start: int, end: int) -> bytes:
+        """Bytes [start, end) of the layer's uncompressed stream."""
+        if index.format is Format.TAR:
+            return await self.cache.read(blob, start, end - start)
+        starts = [s.start for s in index.spans]
+        k = bisect.bisect_right(starts, start) - 1
+        parts = []
+        while start < end:
+            span = index.spans[k]
+            data = await self.spans.span(blob, index, k, self._read_flat)
+            parts.append(data[start - span.start : min(end, span.end) - span.start])
+            start = span.end
+            k += 1
+        return b"".join(parts)

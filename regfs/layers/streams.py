@@ -1,0 +1,197 @@
+"""Blocking file objects for the worker threads that index and inflate layers.
+
+- `BlobFile`: a blob read through the block cache from a worker thread (each refill is one
+  `trio.from_thread.run(cache.read, ...)`), so what an index is built from is verified
+  against the blob's digest as any read of it.
+- `WindowFile`: only the compressed bytes of spans already checked against their digests;
+  indexed_gzip seekers read through it, so nothing unchecked is ever inflated.
+- `ZstdFrames`: zstd frames one after another (skippable frames skipped), noting where each
+  frame begins, compressed and uncompressed.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from collections.abc import Callable
+
+import trio
+import zstandard
+
+from ..cache.blob import BlobRef
+from ..cache.blocks import BlockCache
+
+CHUNK = 1 << 20
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+class BlobFile(io.RawIOBase):
+    def __init__(
+        self,
+        cache: BlockCache,
+        blob: BlobRef,
+        *,
+        on_bytes: Callable[[int, bytes], None] | None = None,
+    ) -> None:
+        self.cache = cache
+        self.blob = blob
+        self.position = 0
+        self.furthest = 0  # bytes of the blob read so far (progress)
+        self.on_bytes = on_bytes  # (offset, bytes) of each refill, in order
+        self._buffer = b""
+        self._buffer_at = 0
+        # Refills go block by block: one cache call each, no block split over two.
+        self._refill = max(CHUNK, cache.block_size)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.blob.size}[whence]
+        self.position = max(0, base + offset)
+        return self.position
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        if self.position >= self.blob.size:
+            return 0
+        at = self.position - self._buffer_at
+        if not 0 <= at < len(self._buffer):
+            self._fill()
+            at = self.position - self._buffer_at
+        n = min(len(buffer), len(self._buffer) - at)
+        buffer[:n] = self._buffer[at : at + n]
+        self.position += n
+        return n
+
+    def peek_start(self, n: int) -> bytes:
+        """The blob's first bytes, without counting them as read (on_bytes sees them later)."""
+        head = trio.from_thread.run(self.cache.read, self.blob, 0, n)
+        return bytes(head)
+
+    def _fill(self) -> None:
+        start = self.position - self.position % self._refill
+        size = min(self._refill, self.blob.size - start)
+        data = trio.from_thread.run(self.cache.read, self.blob, start, size)
+        if len(data) != size:
+            raise OSError(f"short read of {self.blob.digest} at {start}")
+        if self.on_bytes is not None and start + size > self.furthest:
+            skip = max(0, self.furthest - start)
+            self.on_bytes(start + skip, data[skip:])
+        self.furthest = max(self.furthest, start + size)
+        self._buffer, self._buffer_at = data, start
+
+
+class WindowFile(io.RawIOBase):
+    """A blob of which only [start, start+len(data)) is readable; below it is an error, above
+    it the end of the file (a span's end is where its inflation stops)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size  # the blob's: what zran is told the file's size is
+        self.data = b""
+        self.start = 0
+        self.position = 0
+
+    def show(self, start: int, data: bytes) -> None:
+        self.start, self.data = start, data
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.size}[whence]
+        self.position = max(0, base + offset)
+        return self.position
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        at = self.position - self.start
+        if at < 0:
+            raise OSError(f"read at {self.position}, outside the checked span")
+        n = max(0, min(len(buffer), len(self.data) - at))
+        buffer[:n] = self.data[at : at + n]
+        self.position += n
+        return n
+
+
+class ZstdFrames(io.RawIOBase):
+    """The uncompressed bytes of the zstd frames in `raw`, in order. `on_frame(compressed,
+    uncompressed)` hears where each frame begins."""
+
+    def __init__(self, raw: io.RawIOBase, on_frame: Callable[[int, int], None] | None = None):
+        self.raw = raw
+        self.on_frame = on_frame
+        self.pending = b""  # compressed bytes read, not yet decompressed
+        self.pending_at = 0  # their offset in `raw`
+        self.produced = 0
+        self.output = b""
+        self.decompressor: zstandard.ZstdDecompressionObj | None = None
+        self.raw_done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        while not self.output:
+            if not self._step():
+                return 0
+        n = min(len(buffer), len(self.output))
+        buffer[:n] = self.output[:n]
+        self.output = self.output[n:]
+        return n
+
+    def _more(self, need: int) -> bool:
+        """Read until `pending` holds `need` bytes; False at the end of `raw`."""
+        while len(self.pending) < need and not self.raw_done:
+            data = self.raw.read(CHUNK)
+            if not data:
+                self.raw_done = True
+            self.pending += data or b""
+        return len(self.pending) >= need
+
+    def _step(self) -> bool:
+        if self.decompressor is None:
+            if not self._more(1):
+                return False
+            if not self._more(8):
+                raise zstandard.ZstdError("truncated zstd frame")
+            magic = struct.unpack_from("<I", self.pending)[0]
+            if magic & 0xFFFFFFF0 == 0x184D2A50:  # skippable frame: 8 + its length bytes
+                skip = 8 + struct.unpack_from("<I", self.pending, 4)[0]
+                if not self._more(skip):
+                    raise zstandard.ZstdError("truncated skippable frame")
+                self.pending, self.pending_at = self.pending[skip:], self.pending_at + skip
+                return True
+            if self.on_frame is not None:
+                self.on_frame(self.pending_at, self.produced)
+            self.decompressor = zstandard.ZstdDecompressor().decompressobj()
+        if not self.pending and not self._more(1):
+            raise zstandard.ZstdError("truncated zstd frame")
+        fed, self.pending = self.pending, b""
+        out = self.decompressor.decompress(fed)
+        if self.decompressor.eof:
+            unused = self.decompressor.unused_data
+            self.pending = unused
+            self.pending_at += len(fed) - len(unused)
+            self.decompressor = None
+        else:
+            self.pending_at += len(fed)
+        self.produced += len(out)
+        self.output = out
+        return True
+
+
+def decompress_frames(data: bytes) -> bytes:
+    """Whole zstd frames, one after another, decompressed."""
+    return ZstdFrames(io.BytesIO(data)).read()  # type: ignore[arg-type]
