@@ -30,6 +30,7 @@ import trio
 from .cache import BlockCache, DiskCache
 from .dirs import default_cache_dir, state_dir
 from .errors import RegfsError
+from .layers import LayerFiles
 from .oci.reference import parse_registry
 from .registry.blobs import ForeignURLPolicy
 from .registry.client import RegistryClient, RetryPolicy, Stats
@@ -43,6 +44,7 @@ from .views.archive import archive_entries
 from .views.control import control_dir, json_file, stats_document
 from .views.image import ImageViewBuilder
 from .views.registry import Options, RootDir
+from .views.rootfs import rootfs_views
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +273,8 @@ def run(config: MountConfig) -> int:
         os._exit(status)
 
 
-# What every image directory shows beside manifest.json, config.json and layers/.
+# What every image directory shows beside manifest.json, config.json and layers/ (rootfs/ and
+# layers/<digest>/ are added in make_tree: they need the layer reader).
 IMAGE_VIEWS: tuple[ImageViewBuilder, ...] = (archive_entries,)
 
 
@@ -283,6 +286,7 @@ class Services:
     cache: BlockCache
     clients: list[RegistryClient]
     stats: Stats
+    layers: LayerFiles  # indexes of layers and reads inside them: rootfs/, layers/<digest>/
     started: float = field(default_factory=time.time)
 
     async def aclose(self) -> None:
@@ -330,7 +334,8 @@ def build_services(config: MountConfig, stats: Stats) -> Services:
         offline=config.options.offline,
         tag_ttl=config.options.tag_ttl,
     )
-    return Services(store, cache, [client, *mirrors], stats)
+    layers = LayerFiles(cache, disk, timeout=config.op_timeout)
+    return Services(store, cache, [client, *mirrors], stats, layers)
 
 
 def make_tree(
@@ -357,7 +362,7 @@ def make_tree(
         cache,
         options,
         control=control,
-        image_views=IMAGE_VIEWS,
+        image_views=(*IMAGE_VIEWS, rootfs_views(services.layers)),
         started=services.started,
     )
     return InodeTable(root)
@@ -468,13 +473,8 @@ async def _ready_when_serving(
     finally:
         end_capture()
     start.ready = True
-    log.info(
-        "mounted %s at %s (device %s, read_ahead_kb %s)",
-        config.registry,
-        config.mountpoint,
-        serving.device,
-        serving.read_ahead_kb,
-    )
+    where = (config.registry, config.mountpoint, serving.device, serving.read_ahead_kb)
+    log.info("mounted %s at %s (device %s, read_ahead_kb %s)", *where)
     ready()
 
 

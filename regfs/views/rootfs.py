@@ -23,7 +23,7 @@ import trio
 
 from ..cache import BlobRef
 from ..oci.entry import Entry, EntryKind
-from ..oci.overlay import Tree, TreeNode, layer_tree, merge
+from ..oci.overlay import IMPLICIT_MODE, Tree, TreeNode, layer_tree, merge
 from ..vfs.nodes import NO_XATTRS, Attrs, Dir, File, FileHandle, Kind, Node, Symlink
 from .image import ImageView, ResolvedImage
 
@@ -257,12 +257,14 @@ class ImageTrees:
 
 class LazyTreeDir(Dir):
     """rootfs/ or layers/<digest>/: the tree is made when the directory is first looked
-    into; until then it shows the image's created time, then the tar root's attributes."""
+    into. Until then it shows what umoci gives a root no tar describes (0755 root:root, the
+    image's created time), for a short while only (not immutable): then the tar root's."""
 
     __slots__ = ("_root", "make")
 
     def __init__(self, name: str, make: Callable[[], Awaitable[TreeView]], mtime: float) -> None:
-        super().__init__(name, mtime)
+        super().__init__(name, mtime, immutable=False)
+        self.attrs = Attrs(Kind.DIR, IMPLICIT_MODE, mtime=mtime, nlink=2, uid=0, gid=0)
         self.make = make
         self._root: TreeDir | None = None
 
@@ -271,7 +273,7 @@ class LazyTreeDir(Dir):
             view = await self.make()
             root = view.node(self.name, view.tree.root)
             assert isinstance(root, TreeDir)
-            self.attrs, self.xattrs = root.attrs, root.xattrs
+            self.attrs, self.xattrs, self.immutable = root.attrs, root.xattrs, True
             self._root = root
         return self._root
 

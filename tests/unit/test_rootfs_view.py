@@ -334,3 +334,12 @@ def test_the_mount_is_nosuid_nodev_unless_lifted() -> None:
     assert {"suid", "dev", "max_read=131072"} <= lifted
     assert not {"nosuid", "nodev", "allow_other"} & lifted
     assert mount_options(["dev"], as_root=False) >= {"nosuid", "dev"}
+
+
+def test_mtimes_reach_the_kernel_to_the_nanosecond_where_a_float_holds_them() -> None:
+    from regfs.vfs.fuse import mtime_ns
+
+    assert mtime_ns(1700000000.25) == 1700000000_250000000
+    assert mtime_ns(0.0) == 0
+    assert mtime_ns(-1.5) == -1_500000000
+    assert abs(mtime_ns(1700000000.123456789) - 1700000000_123456789) < 1000

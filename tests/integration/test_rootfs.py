@@ -1,0 +1,156 @@
+"""rootfs/ and layers/<digest>/ on a real mount of a registry holding images that exercise
+every merge rule (tests/fixtures/rootfs_images.py), compared entry by entry with `umoci
+unpack` as root of the same image (tests/fixtures/treecompare.py), read with cat and
+sha256sum, and the mount's nosuid,nodev as the kernel reports it."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.mounting import Mount, mounted
+from tests.fixtures.registry import RegistryServer
+from tests.fixtures.rootfs_images import RootfsFixtures, RootfsImage
+from tests.fixtures.treecompare import UmociUnpacks, check, compare, snapshot
+
+pytestmark = [pytest.mark.mount, pytest.mark.registry]
+
+# Compared with umoci: every image it can unpack (gnu-sparse it cannot: checked by facts).
+COMPARED = ["merge-gzip", "merge-tar", "merge-mixed", "merge-zstd", "diff-v1"]
+
+
+@pytest.fixture(scope="module")
+def mnt(
+    tmp_path_factory: pytest.TempPathFactory, rootfs_registry: RegistryServer
+) -> Iterator[Mount]:
+    with mounted(tmp_path_factory.mktemp("rootfs-mount"), rootfs_registry.url) as mount:
+        yield mount
+
+
+def image_dir(mnt: Mount, image: RootfsImage) -> Path:
+    return mnt.path / image.repo / image.tag
+
+
+@pytest.mark.parametrize("name", COMPARED)
+def test_rootfs_equals_umoci_unpack(
+    name: str,
+    rootfs_images: RootfsFixtures,
+    mnt: Mount,
+    umoci: UmociUnpacks,
+) -> None:
+    image = rootfs_images.images[name]
+    rootfs = image_dir(mnt, image) / "rootfs"
+    ours = snapshot(rootfs)
+    theirs = snapshot(umoci.rootfs(image.repo, image.reference_tag))
+    problems = compare(
+        ours, theirs, labels=("regfs", "umoci"), mtime_ns=True, any_mtime=image.unpack_time_mtimes
+    )
+    assert problems == [], "\n".join(problems[:60])
+    assert check(ours, rootfs, image.expects) == []
+
+
+def test_gnu_sparse_files_read_as_the_tar_headers_say(
+    rootfs_images: RootfsFixtures, mnt: Mount
+) -> None:
+    image = rootfs_images.images["gnu-sparse"]
+    rootfs = image_dir(mnt, image) / "rootfs"
+    assert check(snapshot(rootfs), rootfs, image.expects) == []
+
+
+def test_cat_and_sha256sum_of_every_file(
+    rootfs_images: RootfsFixtures, mnt: Mount, umoci: UmociUnpacks
+) -> None:
+    image = rootfs_images.images["merge-gzip"]
+    rootfs = image_dir(mnt, image) / "rootfs"
+    reference = umoci.rootfs(image.repo, image.reference_tag)
+    files = [
+        path for path, facts in snapshot(reference, contents=False).items() if facts.kind == "file"
+    ]
+    assert len(files) > 20
+    sums = subprocess.run(
+        ["sha256sum", "--", *(os.fsdecode(p) for p in files)],
+        cwd=rootfs,
+        capture_output=True,
+        check=True,
+    ).stdout.splitlines()
+    for path, line in zip(files, sums, strict=True):
+        expected = hashlib.sha256((reference / os.fsdecode(path)).read_bytes()).hexdigest()
+        assert line.split()[0].decode() == expected, path
+    cat = subprocess.run(["cat", rootfs / "etc/os-release"], capture_output=True, check=True)
+    assert cat.stdout == (reference / "etc/os-release").read_bytes()
+    assert b"LAYER=3" in cat.stdout
+
+
+def clean(name: str) -> str:
+    return "/".join(p for p in name.split("/") if p not in ("", "."))
+
+
+def test_a_layer_directory_holds_what_its_tar_holds_whiteouts_included(
+    rootfs_images: RootfsFixtures, mnt: Mount
+) -> None:
+    image = rootfs_images.images["merge-gzip"]
+    top = image_dir(mnt, image) / "layers"
+    for digest, _ in image.layers:
+        with tarfile.open(top / f"{digest}.tar.gz", errors="surrogateescape") as tar:
+            members = tar.getmembers()
+        names = {clean(m.name) for m in members if not m.islnk()} - {""}
+        # A hardlink to a file of a lower layer has no bytes in this one: left out.
+        names |= {clean(m.name) for m in members if m.islnk() and clean(m.linkname) in names}
+        shown = {os.fsdecode(p) for p in snapshot(top / digest, contents=False) if p != b"."}
+        every = {clean(m.name) for m in members}
+        parents = {n.rsplit("/", k)[0] for n in every for k in range(1, n.count("/") + 1)}
+        assert names <= shown and shown <= names | parents, digest
+    layer2 = top / image.layers[1][0]
+    assert (layer2 / "etc/.wh.motd").is_file()
+    assert (layer2 / "var/cache/.wh..wh..opq").is_file()
+    assert not (image_dir(mnt, image) / "rootfs/etc/.wh.motd").exists()
+
+
+def test_the_tag_directory_of_an_index_shows_the_chosen_platforms_rootfs(
+    rootfs_images: RootfsFixtures, mnt: Mount
+) -> None:
+    repo, tag, _ = rootfs_images.index
+    tag_dir = mnt.path / repo / tag
+    for platform, image in rootfs_images.index_platforms.items():
+        rootfs = tag_dir / "platforms" / platform.replace("/", "-") / "rootfs"
+        assert check(snapshot(rootfs), rootfs, image.expects) == [], platform
+    chosen = tag_dir / "rootfs"  # the host's platform: the mount is amd64 here
+    amd64 = rootfs_images.index_platforms["linux/amd64"]
+    assert check(snapshot(chosen), chosen, amd64.expects) == []
+
+
+def test_diff_of_a_file_between_two_tags(rootfs_images: RootfsFixtures, mnt: Mount) -> None:
+    v1 = image_dir(mnt, rootfs_images.images["diff-v1"]) / "rootfs/etc/app.conf"
+    v2 = image_dir(mnt, rootfs_images.images["diff-v2"]) / "rootfs/etc/app.conf"
+    diff = subprocess.run(["diff", v1, v2], capture_output=True, text=True, check=False)
+    assert diff.returncode == 1
+    assert "< log_level = info" in diff.stdout and "> log_level = debug" in diff.stdout
+
+
+def mount_options_of(path: Path) -> set[str]:
+    with open("/proc/self/mountinfo") as mountinfo:
+        for line in mountinfo:
+            fields = line.split()
+            if fields[4] == str(path):
+                return set(fields[5].split(","))
+    raise AssertionError(f"{path} not in mountinfo")
+
+
+def test_the_mount_is_nosuid_nodev_and_setuid_bits_stay_visible(
+    rootfs_images: RootfsFixtures, mnt: Mount
+) -> None:
+    assert {"ro", "nosuid", "nodev"} <= mount_options_of(mnt.path)
+    setuid = image_dir(mnt, rootfs_images.images["merge-gzip"]) / "rootfs/modes/setuid"
+    assert os.stat(setuid).st_mode & 0o7777 == 0o4755
+
+
+def test_suid_dev_lift_it(tmp_path: Path, rootfs_registry: RegistryServer) -> None:
+    with mounted(tmp_path, rootfs_registry.url, "-o", "suid,dev") as mount:
+        options = mount_options_of(mount.path)
+        assert "ro" in options and not {"nosuid", "nodev"} & options
