@@ -13,6 +13,7 @@ fails, so `-m "not mount"` stays a run without FUSE.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -20,8 +21,10 @@ from tests.fixtures import mounting
 from tests.fixtures.cdn import CDNServer
 from tests.fixtures.images import PushedImage
 from tests.fixtures.registry import RegistryServer, start_registry
+from tests.fixtures.rootfs_images import RootfsFixtures, RootfsImage, push_big, push_rootfs_images
 from tests.fixtures.seed import ALICE, SEEDER, Seeded, seed_hello, seed_registry
 from tests.fixtures.token_issuer import TokenIssuer
+from tests.fixtures.treecompare import UmociUnpacks
 
 # Using any of these (directly or through another fixture) makes a test `registry`.
 SERVER_FIXTURES = {
@@ -30,6 +33,7 @@ SERVER_FIXTURES = {
     "_seeded_registry",
     "_htpasswd_registry",
     "_token_registry",
+    "rootfs_registry",
 }
 
 
@@ -129,3 +133,33 @@ def token_registry(_token_registry: tuple[RegistryServer, PushedImage]) -> Regis
 @pytest.fixture(scope="session")
 def token_hello(_token_registry: tuple[RegistryServer, PushedImage]) -> PushedImage:
     return _token_registry[1]
+
+
+@pytest.fixture(scope="session")
+def rootfs_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
+    """Anonymous registry for the rootfs/ images (its own, so the seeded catalog is unchanged)."""
+    with start_registry(tmp_path_factory.mktemp("rootfs-registry")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def rootfs_images(
+    rootfs_registry: RegistryServer, tmp_path_factory: pytest.TempPathFactory
+) -> RootfsFixtures:
+    """rootfs/merge (:gzip :tar :mixed :zstd), rootfs/gnu-sparse:1, rootfs/diff:v1/:v2 and the
+    index rootfs/multi:1 in `rootfs_registry` (built as root: device nodes, owners)."""
+    return push_rootfs_images(rootfs_registry.url, tmp_path_factory.mktemp("rootfs-staging"))
+
+
+@pytest.fixture(scope="session")
+def rootfs_big(rootfs_registry: RegistryServer) -> dict[str, RootfsImage]:
+    """rootfs/big:gzip and :zstd (a 200 MiB file; about 5 s to build and push)."""
+    return push_big(rootfs_registry.url)
+
+
+@pytest.fixture(scope="session")
+def umoci(
+    rootfs_registry: RegistryServer, tmp_path_factory: pytest.TempPathFactory
+) -> UmociUnpacks:
+    """`umoci.rootfs(repo, tag or digest)`: umoci's unpack of an image of `rootfs_registry`."""
+    return UmociUnpacks(rootfs_registry.host, Path(tmp_path_factory.mktemp("umoci")))
