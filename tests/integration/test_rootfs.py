@@ -10,6 +10,7 @@ import os
 import subprocess
 import tarfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ import pytest
 from tests.fixtures.mounting import Mount, mounted
 from tests.fixtures.registry import RegistryServer
 from tests.fixtures.rootfs_images import RootfsFixtures, RootfsImage
+from tests.fixtures.rootfs_layers import big_text
 from tests.fixtures.treecompare import UmociUnpacks, check, compare, snapshot
 
 pytestmark = [pytest.mark.mount, pytest.mark.registry]
@@ -154,3 +156,24 @@ def test_suid_dev_lift_it(tmp_path: Path, rootfs_registry: RegistryServer) -> No
     with mounted(tmp_path, rootfs_registry.url, "-o", "suid,dev") as mount:
         options = mount_options_of(mount.path)
         assert "ro" in options and not {"nosuid", "nodev"} & options
+
+
+def test_a_200_mib_file_reads_whole_and_at_odd_offsets_across_seek_points(
+    rootfs_big: dict[str, RootfsImage], mnt: Mount
+) -> None:
+    text = big_text()
+    for name in ("big-gzip", "big-zstd"):
+        image = rootfs_big[name]
+        rootfs = image_dir(mnt, image) / "rootfs"
+        assert check(snapshot(rootfs), rootfs, image.expects) == [], name
+        pieces = [((4 << 20) * k - 7, (1 << 20) + 13) for k in range(1, 50, 7)]
+        pieces += [(len(text) - 5, 100), (12345, 1)]
+        fd = os.open(rootfs / "big/text.bin", os.O_RDONLY)
+        try:
+            with ThreadPoolExecutor(4) as pool:  # parallel readers of one file
+                offsets, sizes = zip(*pieces, strict=True)
+                got = list(pool.map(os.pread, [fd] * len(pieces), sizes, offsets))
+        finally:
+            os.close(fd)
+        for (offset, size), data in zip(pieces, got, strict=True):
+            assert data == text[offset : offset + size], (name, offset)
