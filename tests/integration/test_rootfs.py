@@ -177,3 +177,27 @@ def test_a_200_mib_file_reads_whole_and_at_odd_offsets_across_seek_points(
             os.close(fd)
         for (offset, size), data in zip(pieces, got, strict=True):
             assert data == text[offset : offset + size], (name, offset)
+
+
+def fetched(mount: Mount) -> int:
+    by_host = mount.stats()["bytes_fetched_by_host"]
+    assert isinstance(by_host, dict)
+    return sum(by_host.values())
+
+
+def test_a_remount_lists_and_stats_rootfs_without_fetching_a_byte(
+    tmp_path: Path, rootfs_registry: RegistryServer, rootfs_images: RootfsFixtures
+) -> None:
+    image = rootfs_images.images["merge-mixed"]  # gzip, tar and zstd layers
+    cache = tmp_path / "cache"
+    with mounted(tmp_path, rootfs_registry.url, cache_dir=cache, name="first") as first:
+        os.listdir(image_dir(first, image))
+        start = fetched(first)
+        before = snapshot(image_dir(first, image) / "rootfs", contents=False)
+        assert fetched(first) > start, "the first listing reads the layers"
+    with mounted(tmp_path, rootfs_registry.url, cache_dir=cache, name="second") as second:
+        os.listdir(image_dir(second, image))  # the manifest and config: not what is measured
+        start = fetched(second)
+        after = snapshot(image_dir(second, image) / "rootfs", contents=False)
+        assert fetched(second) == start
+    assert compare(before, after) == []
