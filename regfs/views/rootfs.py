@@ -206,31 +206,36 @@ class ImageTrees:
         self._indexes: list[HasEntries | None] = [None] * len(self.blobs)
         self._merged: TreeView | None = None
         self._layers: dict[int, TreeView] = {}
-        self._lock = trio.Lock()
+        self._locks: dict[int | None, trio.Lock] = {}  # per tree: None is the merged one
+
+    async def index(self, number: int) -> HasEntries:
+        """One layer's index (the reader builds each digest once, whoever asks)."""
+        index = self._indexes[number]
+        if index is None:
+            index = await self.reader.index(self.blobs[number], self.diff_ids[number])
+            self._indexes[number] = index
+        return index
 
     async def indexes(self) -> list[HasEntries]:
-        """Every layer's index, those not yet made built concurrently; the first error of
-        any of them is raised (after all have finished: a half-done build is not left)."""
-        errors: list[BaseException] = []
+        """Every layer's index, built concurrently; the first error of any of them is raised
+        once all have finished (one layer's failure does not cancel the others' builds)."""
+        errors: list[Exception] = []
 
         async def build(number: int) -> None:
             try:
-                index = await self.reader.index(self.blobs[number], self.diff_ids[number])
-                self._indexes[number] = index
-            except Exception as exc:  # one layer's failure must not cancel the others
+                await self.index(number)
+            except Exception as exc:
                 errors.append(exc)
 
         async with trio.open_nursery() as nursery:
-            for number, index in enumerate(self._indexes):
-                if index is None:
-                    nursery.start_soon(build, number)
+            for number in range(len(self.blobs)):
+                nursery.start_soon(build, number)
         if errors:
-            log.warning("indexing a layer of %s failed: %s", self.blobs[0].digest, errors[0])
             raise errors[0]
         return [index for index in self._indexes if index is not None]
 
     async def merged(self) -> TreeView:
-        async with self._lock:
+        async with self._locks.setdefault(None, trio.Lock()):
             if self._merged is None:
                 indexes = await self.indexes()
                 layers = [index.entries for index in indexes]
@@ -241,17 +246,15 @@ class ImageTrees:
             return self._merged
 
     async def layer(self, number: int) -> TreeView:
-        async with self._lock:
+        """One layer's own tree: only its index is needed."""
+        async with self._locks.setdefault(number, trio.Lock()):
             if number not in self._layers:
-                indexes = await self.indexes()
-                entries = indexes[number].entries
+                index = await self.index(number)
                 tree = await trio.to_thread.run_sync(
-                    lambda: layer_tree(entries, implicit_mtime=self.created)
+                    lambda: layer_tree(index.entries, implicit_mtime=self.created)
                 )
-                # A layer's own tree reads from that layer only: every node says layer 0.
-                self._layers[number] = TreeView(
-                    tree, self.reader, [self.blobs[number]], [indexes[number]]
-                )
+                # It reads from that layer only: every node of it says layer 0.
+                self._layers[number] = TreeView(tree, self.reader, [self.blobs[number]], [index])
             return self._layers[number]
 
 

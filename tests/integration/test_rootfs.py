@@ -5,6 +5,7 @@ sha256sum, and the mount's nosuid,nodev as the kernel reports it."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.faultproxy import FaultProxy
 from tests.fixtures.mounting import Mount, mounted
 from tests.fixtures.registry import RegistryServer
 from tests.fixtures.rootfs_images import RootfsFixtures, RootfsImage
@@ -201,3 +203,25 @@ def test_a_remount_lists_and_stats_rootfs_without_fetching_a_byte(
         after = snapshot(image_dir(second, image) / "rootfs", contents=False)
         assert fetched(second) == start
     assert compare(before, after) == []
+
+
+def test_a_corrupting_server_gives_eio_in_rootfs_never_a_clean_copy(
+    tmp_path: Path, rootfs_registry: RegistryServer, rootfs_images: RootfsFixtures
+) -> None:
+    image = rootfs_images.images["diff-v2"]
+    top = image.layers[-1][0]
+    with FaultProxy(rootfs_registry.url) as proxy:
+        proxy.fault(f"/blobs/{top}$", times=None, flip_at=40)
+        with mounted(tmp_path, proxy.url) as mount:
+            rootfs = image_dir(mount, image) / "rootfs"
+            with pytest.raises(OSError) as listing:
+                os.listdir(rootfs)
+            assert listing.value.errno == errno.EIO
+            with pytest.raises(OSError) as reading:
+                (rootfs / "etc/app.conf").read_bytes()
+            assert reading.value.errno == errno.EIO
+            # The layer's own directory fails the same way; the base layer's is whole.
+            with pytest.raises(OSError):
+                os.listdir(image_dir(mount, image) / "layers" / top)
+            base = image_dir(mount, image) / "layers" / image.layers[0][0]
+            assert (base / "etc/os-release").read_bytes().startswith(b'NAME="regfs test"')

@@ -343,3 +343,13 @@ def test_mtimes_reach_the_kernel_to_the_nanosecond_where_a_float_holds_them() ->
     assert mtime_ns(0.0) == 0
     assert mtime_ns(-1.5) == -1_500000000
     assert abs(mtime_ns(1700000000.123456789) - 1700000000_123456789) < 1000
+
+
+async def test_a_layer_directory_needs_only_its_own_index(cache: BlockCache) -> None:
+    tree = Tree(cache, layered_image([BASE, TOP]))
+    tree.layers.fail.add(digest_of(TOP))
+    base = f"app/v1/layers/{digest_of(BASE)}"
+    assert await tree.read(f"{base}/etc/os-release") == b"ID=fake\n"
+    assert tree.layers.indexed == [digest_of(BASE)]
+    with pytest.raises(IntegrityError):
+        await tree.names(f"app/v1/layers/{digest_of(TOP)}")
