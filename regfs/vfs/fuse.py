@@ -96,10 +96,13 @@ class Operations(pyfuse3.Operations):
         *,
         timeout_errno: int = errno.ETIMEDOUT,
         reading: bool = False,
+        patient: bool = False,
     ) -> T:
+        """`patient`: the work bounds its own wait (Node.waits_for_progress): no deadline."""
+        deadline = math.inf if patient else trio.current_time() + self.op_timeout
         try:
             # A bare CancelScope: fail_after's generator costs show on every 128 KiB read.
-            with trio.CancelScope(deadline=trio.current_time() + self.op_timeout):
+            with trio.CancelScope(deadline=deadline):
                 return await call()
         except pyfuse3.FUSEError:
             raise
@@ -143,7 +146,12 @@ class Operations(pyfuse3.Operations):
         async def looked_up() -> pyfuse3.EntryAttributes:
             return self.attrs(await self.tree.lookup(parent_inode, text))
 
-        return await self._guard(f"lookup {text!r}", looked_up)
+        patient = self._patient(self.tree.nodes.get(parent_inode))
+        return await self._guard(f"lookup {text!r}", looked_up, patient=patient)
+
+    @staticmethod
+    def _patient(node: Node | None) -> bool:
+        return node is not None and node.waits_for_progress
 
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
         # No network, no await: the guard's deadline is not needed, its error mapping is.
@@ -180,14 +188,18 @@ class Operations(pyfuse3.Operations):
         node = await self._guard("opendir", lambda: _as(self.tree.node, inode))
         if not isinstance(node, Dir):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        return await self._guard(f"opendir {inode}", lambda: self.tree.opendir(inode))
+        return await self._guard(
+            f"opendir {inode}", lambda: self.tree.opendir(inode), patient=self._patient(node)
+        )
 
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
         async def listed() -> list[tuple[str, Node, pyfuse3.EntryAttributes]]:
             listing = await self.tree.readdir(fh, start_id)
             return [(name, child, self.attrs(child)) for name, child in listing]
 
-        entries = await self._guard(f"readdir {fh}", listed)
+        opened = self.tree.dirs.get(fh)
+        patient = self._patient(opened.node if opened else None)
+        entries = await self._guard(f"readdir {fh}", listed, patient=patient)
         for position, (name, child, attrs) in enumerate(entries, start=start_id + 1):
             if not pyfuse3.readdir_reply(token, _encoded(name), attrs, position):
                 # The kernel's buffer is full: entries it did not take hold no reference, so

@@ -73,6 +73,9 @@ class Node:
     """
 
     __slots__ = ("attrs", "immutable", "inode", "name", "xattrs")
+    # Looking into it may wait for work that bounds its own wait by progress (a layer index
+    # build, which may take longer than the operation bound and still be worth it).
+    waits_for_progress: ClassVar[bool] = False
 
     def __init__(
         self,

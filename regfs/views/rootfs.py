@@ -264,6 +264,7 @@ class LazyTreeDir(Dir):
     image's created time), for a short while only (not immutable): then the tar root's."""
 
     __slots__ = ("_root", "make")
+    waits_for_progress = True  # LayerFiles fails a build only after --timeout of no progress
 
     def __init__(self, name: str, make: Callable[[], Awaitable[TreeView]], mtime: float) -> None:
         super().__init__(name, mtime, immutable=False)

@@ -14,6 +14,7 @@ import tarfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import pyfuse3
 import pytest
 import trio
 
@@ -21,9 +22,9 @@ from regfs.cache import BlobRef, BlockCache
 from regfs.errors import IntegrityError
 from regfs.oci import manifest as mf
 from regfs.oci.entry import Entry, EntryKind
-from regfs.vfs.fuse import errno_for
-from regfs.vfs.nodes import File, Kind, Node, Symlink
-from regfs.vfs.table import InodeTable
+from regfs.vfs.fuse import Operations, errno_for
+from regfs.vfs.nodes import Dir, File, Kind, Node, StaticDir, Symlink
+from regfs.vfs.table import ROOT_INODE, InodeTable
 from regfs.views.registry import Options, RootDir
 from regfs.views.rootfs import diff_ids_of, rootfs_views
 from tests.unit.fakes import FakeImage, FakeStore
@@ -63,12 +64,13 @@ class FakeLayers:
         self.in_flight = 0
         self.most_in_flight = 0
         self.fail: set[str] = set()
+        self.delay = 0.01
 
     async def index(self, blob: BlobRef, diff_id: str | None) -> FakeIndex:
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:
-            await trio.sleep(0.01)  # the others start meanwhile when builds are concurrent
+            await trio.sleep(self.delay)  # the others start meanwhile if builds are concurrent
             data = await self.cache.read_all(blob)
             if blob.digest in self.fail or (diff_id and diff_id != mf.sha256_digest(data)):
                 raise IntegrityError("diff_id mismatch", digest=blob.digest)
@@ -353,3 +355,26 @@ async def test_a_layer_directory_needs_only_its_own_index(cache: BlockCache) -> 
     assert tree.layers.indexed == [digest_of(BASE)]
     with pytest.raises(IntegrityError):
         await tree.names(f"app/v1/layers/{digest_of(TOP)}")
+
+
+class SlowDir(Dir):
+    async def lookup(self, name: str) -> Node | None:
+        await trio.sleep(0.3)
+        return None
+
+
+async def test_waiting_for_an_index_outlasts_the_operation_bound(cache: BlockCache) -> None:
+    """The index build bounds its own wait by progress (LayerFiles): a slow first listing
+    of rootfs/ is no ETIMEDOUT, where any other slow lookup is."""
+    tree = Tree(cache, layered_image([BASE, TOP]))
+    tree.layers.delay = 0.3
+    slow = SlowDir("slow")
+    root = StaticDir("", [slow, await tree.walk("app/v1/rootfs")])
+    ops = Operations(InodeTable(root), op_timeout=0.1)
+    rootfs = await ops.lookup(ROOT_INODE, b"rootfs")
+    etc = await ops.lookup(rootfs.st_ino, b"etc")
+    assert stat.S_ISDIR(etc.st_mode)
+    slow_entry = await ops.lookup(ROOT_INODE, b"slow")
+    with pytest.raises(pyfuse3.FUSEError) as timed_out:
+        await ops.lookup(slow_entry.st_ino, b"x")
+    assert timed_out.value.errno == errno.ETIMEDOUT
