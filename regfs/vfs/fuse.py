@@ -174,7 +174,11 @@ class Operations(pyfuse3.Operations):
         return node.target
 
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
-        node = await self._guard(f"getxattr {inode}", lambda: _as(self.tree.node, inode))
+        # `ls -l` asks twice per file (security.selinux, system.posix_acl_access) and the
+        # kernel keeps no answer: no guard here, a dict lookup that cannot hang or raise.
+        node = self.tree.nodes.get(inode)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
         value = node.xattrs.get(_name(name))
         if value is None:
             raise pyfuse3.FUSEError(errno.ENODATA)
