@@ -1,9 +1,9 @@
 """`<image>/rootfs/` (the layers merged) and `<image>/layers/<digest>/` (one layer's own
 entries) as vfs nodes.
 
-Nothing is indexed until a tree is first used (a listing or lookup inside rootfs/ or a
-layer directory); then every layer of the image is indexed at once, concurrently, by the
-layer reader (regfs.layers.LayerFiles), the trees are made by oci/overlay.py, and each tree
+Nothing is indexed until a tree is first used (a listing or lookup inside it); then rootfs/
+has every layer of the image indexed at once, concurrently, and layers/<digest>/ its own,
+by the layer reader (regfs.layers.LayerFiles); the trees are made by oci/overlay.py, each tree
 node becomes a vfs node when its directory is first listed: one vfs node per tree node, so
 a hardlink is one inode under several names. An error from an index (an IntegrityError:
 the layer does not match its digest or diff_id) fails the operation that waited for it,
