@@ -17,9 +17,11 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.faultproxy import FaultProxy
+from tests.fixtures.images import Dir, File, Hardlink, Symlink, Whiteout, make_tar
+from tests.fixtures.images import Entry as TarEntry
 from tests.fixtures.mounting import Mount, mounted
 from tests.fixtures.registry import RegistryServer
-from tests.fixtures.rootfs_images import RootfsFixtures, RootfsImage
+from tests.fixtures.rootfs_images import RootfsFixtures, RootfsImage, push_oci
 from tests.fixtures.rootfs_layers import big_text
 from tests.fixtures.treecompare import UmociUnpacks, check, compare, snapshot
 
@@ -225,3 +227,42 @@ def test_a_corrupting_server_gives_eio_in_rootfs_never_a_clean_copy(
                 os.listdir(image_dir(mount, image) / "layers" / top)
             base = image_dir(mount, image) / "layers" / image.layers[0][0]
             assert (base / "etc/os-release").read_bytes().startswith(b'NAME="regfs test"')
+
+
+# Layers that walk through symlinked directories and hardlink to files of lower layers that
+# are later whited out, replaced or linked again: the cases where the merged state, not the
+# tar, decides (umoci's securejoin of parents, links made against what is there).
+THROUGH_LINKS: list[list[TarEntry]] = [
+    [
+        Dir("usr"),
+        Dir("usr/lib"),
+        File("usr/lib/old", b"whited out through the link\n"),
+        Symlink("lib", "usr/lib"),
+        Symlink("abs", "/usr/lib"),
+        Symlink("up", "../../usr"),
+        File("a", b"first inode\n"),
+        Hardlink("b", "a"),
+    ],
+    [
+        File("lib/new", b"written through lib -> usr/lib\n"),
+        File("abs/absolute", b"through /usr/lib, inside the image\n"),
+        File("up/lib/dotdot", b"through ../../usr, clamped at the root\n"),
+        Whiteout("lib/old"),
+        File("a", b"a new inode\n"),
+        Hardlink("c", "b"),
+    ],
+    [Whiteout("b"), Hardlink("d", "lib/new")],
+]
+
+
+def test_symlinked_parents_and_links_to_lower_files_match_umoci(
+    rootfs_registry: RegistryServer, umoci: UmociUnpacks, mnt: Mount
+) -> None:
+    layers = [(make_tar(entries), "gzip") for entries in THROUGH_LINKS]
+    push_oci(rootfs_registry.url, "rootfs/through", "1", layers)
+    ours = snapshot(mnt.path / "rootfs/through/1/rootfs")
+    theirs = snapshot(umoci.rootfs("rootfs/through", "1"))
+    assert compare(ours, theirs, labels=("regfs", "umoci"), mtime_ns=True, any_mtime=[b"."]) == []
+    assert ours[b"usr/lib/new"].inode == ours[b"d"].inode
+    assert {b"usr/lib/absolute", b"usr/lib/dotdot", b"c"} <= ours.keys()
+    assert b"usr/lib/old" not in ours and b"b" not in ours
