@@ -3,10 +3,11 @@
 The blob is read once, in order, through the block cache (`BlobFile`); its format is told by
 its first bytes (gzip 1f8b, zstd 28b52ffd, anything else is tried as a plain tar), whatever the
 media type says. The uncompressed stream goes to stdlib tarfile in stream mode for the
-entries and to sha256 for the diff_id; gzip seek points are indexed_gzip's (zran), made as
-the stream is read; zstd seek points are frame starts at least `span_bytes` apart. Each span's
-compressed bytes are hashed as they go by, so later reads check them without trusting the
-cache.
+entries and to sha256 for the diff_id, in a thread beside the decompressing one (`scan`).
+gzip seek points are indexed_gzip's (zran), grown a step behind the stream in a third thread
+that reads the blob again from the cache's memory; zstd seek points are frame starts at least
+`span_bytes` apart. Each span's compressed bytes are hashed as they go by, so reads check them
+later without trusting the cache.
 """
 
 from __future__ import annotations
