@@ -9,8 +9,13 @@ from pathlib import Path
 
 from .cache.disk import CacheSummary, clear, prune
 from .cache.disk import scan as summary
+from .layers.index import FLAT_KIND
+from .layers.index import KIND as INDEX_KIND
 
-__all__ = ["clear", "human", "info_document", "prune", "render_info", "summary"]
+# What each kind of derived artifact is, for people.
+KIND_NAMES = {INDEX_KIND: "layer indexes", FLAT_KIND: "decompressed single-frame zstd layers"}
+
+__all__ = ["by_kind", "clear", "human", "info_document", "prune", "render_info", "summary"]
 
 
 def human(n: float) -> str:
@@ -29,6 +34,8 @@ def render_info(cache_dir: Path, info: CacheSummary, now: float | None = None) -
         f"documents: {info.documents} ({human(info.document_bytes)}); tags: {info.tags}; "
         f"derived: {len(info.derived)} ({human(info.derived_bytes)})",
     ]
+    for kind, (count, size) in sorted(by_kind(info).items()):
+        lines.append(f"  {KIND_NAMES.get(kind, kind)}: {count} ({human(size)})")
     if info.blobs:
         lines.append("")
         lines.append(f"{'DIGEST':<24} {'CACHED':>10} {'OF':>10} {'%':>5}  {'STATE':<24} LAST USE")
@@ -53,6 +60,9 @@ def info_document(info: CacheSummary) -> dict[str, object]:
         "tags": info.tags,
         "derived": len(info.derived),
         "derived_bytes": info.derived_bytes,
+        "derived_kinds": {
+            kind: {"count": count, "bytes": size} for kind, (count, size) in by_kind(info).items()
+        },
         "blobs": [
             {
                 "digest": b.digest,
@@ -68,6 +78,15 @@ def info_document(info: CacheSummary) -> dict[str, object]:
             for b in info.blobs
         ],
     }
+
+
+def by_kind(info: CacheSummary) -> dict[str, tuple[int, int]]:
+    """kind -> (artifacts, bytes on disk) of the derived artifacts (layer indexes, ...)."""
+    kinds: dict[str, tuple[int, int]] = {}
+    for a in info.derived:
+        count, size = kinds.get(a.kind, (0, 0))
+        kinds[a.kind] = (count + 1, size + a.disk_bytes)
+    return kinds
 
 
 def _ago(seconds: float) -> str:

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import itertools
 import logging
 import os
 import tempfile
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import IO
 
 import trio
@@ -57,6 +59,23 @@ class _Build:
     @property
     def done(self) -> int:
         return self.file.furthest if self.file is not None else 0
+
+
+_copies = itertools.count()
+
+
+@dataclass
+class _CopyFile:
+    copy: builder.FlatCopy
+    temporary: Path | None  # None: an anonymous temporary file (no disk cache)
+    path: Path | None
+    digest: str  # the layer's
+
+    def discard(self) -> None:
+        self.copy.target.close()
+        if self.temporary is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.temporary)
 
 
 class LayerFiles:
@@ -179,33 +198,57 @@ class LayerFiles:
 
     def _build_blocking(self, build: _Build) -> LayerIndex:
         build.file = BlobFile(self.cache, build.blob)
-        index = builder.build(build.file, self.span_bytes)
-        if index.flat:
-            index = replace(index, spans=self._write_flat(build.blob, index.size))
+        copies: list[_CopyFile] = []
+
+        def flat_copy() -> builder.FlatCopy:
+            copies.append(self._new_copy(build.blob))
+            return copies[-1].copy
+
+        try:
+            index = builder.build(build.file, self.span_bytes, flat_copy)
+            if index.flat:
+                if copies and not copies[0].copy.abandoned:
+                    spans = self._keep(copies.pop(), index.size)
+                else:  # it had seek points early on, then a frame too big to read from
+                    spans = self._write_flat(build.blob, index.size)
+                index = replace(index, spans=spans)
+        finally:
+            for unused in copies:
+                unused.discard()
         return index
 
     # -- single-frame zstd layers: a decompressed copy ------------------------------------
 
-    def _write_flat(self, blob: BlobRef, size: int) -> tuple[Span, ...]:
-        """Decompress the layer once (a second pass, over the now cached blob) into the
-        disk cache's derived area, or a temporary file without one; its chunks' digests."""
-        source = BlobFile(self.cache, blob)
+    def _new_copy(self, blob: BlobRef) -> _CopyFile:
+        """Where a copy is written: beside its place in the disk cache's derived area, or an
+        anonymous temporary file without a disk cache."""
         if self.disk is None:
-            target: IO[bytes] = tempfile.TemporaryFile(prefix="regfs-layer-")  # noqa: SIM115 (kept open)
-            digests = builder.write_flat(source, target, self.span_bytes)
-            self._flat_files[blob.digest] = target
+            target: IO[bytes] = tempfile.TemporaryFile(prefix="regfs-layer-")  # noqa: SIM115
+            return _CopyFile(builder.FlatCopy(target, self.span_bytes), None, None, blob.digest)
+        path = self.disk.derived_path(FLAT_KIND, blob.digest)
+        temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}-{next(_copies)}")
+        target = open(temporary, "wb")  # noqa: SIM115 (closed by _keep or discard)
+        return _CopyFile(builder.FlatCopy(target, self.span_bytes), temporary, path, blob.digest)
+
+    def _keep(self, made: _CopyFile, size: int) -> tuple[Span, ...]:
+        digests = made.copy.close()
+        if made.path is None or made.temporary is None:
+            self._flat_files[made.digest] = made.copy.target
         else:
-            path = self.disk.derived_path(FLAT_KIND, blob.digest)
-            temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}-{id(source)}")
-            try:
-                with open(temporary, "wb") as f:
-                    digests = builder.write_flat(source, f, self.span_bytes)
-                os.replace(temporary, path)
-            finally:
-                with contextlib.suppress(OSError):
-                    os.unlink(temporary)
+            made.copy.target.close()
+            os.replace(made.temporary, made.path)
         chunks = builder.flat_chunks(size, self.span_bytes)
-        return tuple(Span(a, b, 0, 0, d) for (a, b), d in zip(chunks, digests, strict=False))
+        return tuple(Span(a, b, 0, 0, d) for (a, b), d in zip(chunks, digests, strict=True))
+
+    def _write_flat(self, blob: BlobRef, size: int) -> tuple[Span, ...]:
+        """Decompress the layer again (a second pass, over the now cached blob)."""
+        made = self._new_copy(blob)
+        try:
+            builder.write_flat(BlobFile(self.cache, blob), made.copy)
+            return self._keep(made, size)
+        except BaseException:
+            made.discard()
+            raise
 
     async def _read_flat(self, blob: BlobRef, index: LayerIndex, k: int) -> bytes:
         span = index.spans[k]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import struct
+import zlib
 from collections.abc import Callable
 
 import trio
@@ -33,8 +34,10 @@ class BlobFile(io.RawIOBase):
         blob: BlobRef,
         *,
         on_bytes: Callable[[int, bytes], None] | None = None,
+        token: trio.lowlevel.TrioToken | None = None,
     ) -> None:
         self.cache = cache
+        self.token = token  # given: read from a thread trio did not start
         self.blob = blob
         self.position = 0
         self.furthest = 0  # bytes of the blob read so far (progress)
@@ -75,10 +78,21 @@ class BlobFile(io.RawIOBase):
         head = trio.from_thread.run(self.cache.read, self.blob, 0, n)
         return bytes(head)
 
+    def read_to_end(self) -> None:
+        """Read on to the end of the blob (on_bytes sees every byte)."""
+        while self.furthest < self.blob.size:
+            self.position = self.furthest
+            self._fill()
+
     def _fill(self) -> None:
         start = self.position - self.position % self._refill
         size = min(self._refill, self.blob.size - start)
-        data = trio.from_thread.run(self.cache.read, self.blob, start, size)
+        if self.token is None:
+            data = trio.from_thread.run(self.cache.read, self.blob, start, size)
+        else:
+            data = trio.from_thread.run(
+                self.cache.read, self.blob, start, size, trio_token=self.token
+            )
         if len(data) != size:
             raise OSError(f"short read of {self.blob.digest} at {start}")
         if self.on_bytes is not None and start + size > self.furthest:
@@ -123,6 +137,40 @@ class WindowFile(io.RawIOBase):
         buffer[:n] = self.data[at : at + n]
         self.position += n
         return n
+
+
+class GzipMembers(io.RawIOBase):
+    """The uncompressed bytes of the gzip members in `raw`, one after another (stdlib zlib:
+    the build's sequential pass, while zran makes the seek points beside it)."""
+
+    def __init__(self, raw: io.RawIOBase) -> None:
+        self.raw = raw
+        self.inflater = zlib.decompressobj(31)
+        self.pending = b""
+        self.produced = 0  # uncompressed bytes so far
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        while True:
+            if not self.pending:
+                self.pending = self.raw.read(CHUNK) or b""
+                if not self.pending:
+                    if not self.inflater.eof:
+                        raise EOFError("gzip stream ends inside a member")
+                    return 0
+            out = self.inflater.decompress(self.pending, len(buffer))
+            if self.inflater.eof:
+                self.pending = self.inflater.unused_data
+                if self.pending:  # another member follows
+                    self.inflater = zlib.decompressobj(31)
+            else:
+                self.pending = self.inflater.unconsumed_tail
+            if out:
+                buffer[: len(out)] = out
+                self.produced += len(out)
+                return len(out)
 
 
 class ZstdFrames(io.RawIOBase):

@@ -59,8 +59,8 @@ def gnu_tar(root: Path, out: Path, *, fmt: str) -> bytes:
 
 
 def compress(tar: bytes, how: str, tmp: Path) -> bytes:
-    """The layer blob: `how` is "gzip", "zstd" (one frame), "zstd-frames" (several frames,
-    as a chunked producer makes: zstd CLI outputs concatenated) or "tar"."""
+    """The layer blob: `how` is "gzip", "gzip-members", "zstd" (one frame), "zstd-frames"
+    or "tar"."""
     if how == "tar":
         return tar
     if how == "gzip":
@@ -71,11 +71,16 @@ def compress(tar: bytes, how: str, tmp: Path) -> bytes:
         return subprocess.run(
             ["zstd", "-q", "-c"], input=tar, capture_output=True, check=True
         ).stdout
-    assert how == "zstd-frames"
-    pieces = [tar[i : i + 100_000] for i in range(0, len(tar), 100_000)]
+    # Several frames (zstd) or members (gzip), as chunked producers make: CLI outputs of
+    # pieces of the tar, concatenated (each tool reads such a stream as one).
+    # "zstd-late-frame": small frames, then one frame of all the rest.
+    tool = ["gzip", "-c"] if how == "gzip-members" else ["zstd", "-q", "-c"]
+    step = 700_000 if how == "gzip-members" else 100_000  # zstd: frames under 2 spans
+    pieces = [tar[i : i + step] for i in range(0, len(tar), step)]
+    if how == "zstd-late-frame":
+        pieces = [*pieces[:3], b"".join(pieces[3:])]
     return b"".join(
-        subprocess.run(["zstd", "-q", "-c"], input=p, capture_output=True, check=True).stdout
-        for p in pieces
+        subprocess.run(tool, input=p, capture_output=True, check=True).stdout for p in pieces
     )
 
 
