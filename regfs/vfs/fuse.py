@@ -124,7 +124,7 @@ class Operations(pyfuse3.Operations):
         entry.generation = 0
         timeout = IMMUTABLE_TIMEOUT if node.immutable else self.tag_ttl
         entry.entry_timeout = timeout
-        entry.attr_timeout = timeout
+        entry.attr_timeout = 0.0 if node.provisional else timeout
         attrs = node.attrs
         entry.st_mode = attrs.st_mode
         entry.st_nlink = attrs.nlink

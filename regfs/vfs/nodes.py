@@ -92,6 +92,12 @@ class Node:
         self.inode = 0
 
     @property
+    def provisional(self) -> bool:
+        """Its attributes stand in until its content is made (a rootfs/ before its layers
+        are indexed): the kernel is to keep none of them."""
+        return False
+
+    @property
     def size(self) -> int:
         return self.attrs.size
 

@@ -261,7 +261,7 @@ class ImageTrees:
 class LazyTreeDir(Dir):
     """rootfs/ or layers/<digest>/: the tree is made when the directory is first looked
     into. Until then it shows what umoci gives a root no tar describes (0755 root:root, the
-    image's created time), for a short while only (not immutable): then the tar root's."""
+    image's created time), provisionally (the kernel keeps none of it); then the tar root's."""
 
     __slots__ = ("_root", "make")
     waits_for_progress = True  # LayerFiles fails a build only after --timeout of no progress
@@ -280,6 +280,10 @@ class LazyTreeDir(Dir):
             self.attrs, self.xattrs, self.immutable = root.attrs, root.xattrs, True
             self._root = root
         return self._root
+
+    @property
+    def provisional(self) -> bool:
+        return self._root is None
 
     async def entries(self) -> Mapping[str, Node]:
         return await (await self.root()).entries()
