@@ -181,7 +181,7 @@ def add_mount_options(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="OPTS",
-        help="FUSE mount options, comma-separated",
+        help="FUSE mount options, comma-separated (nosuid,nodev unless -o suid,dev)",
     )
     p.add_argument(
         "--foreground", "-f", action="store_true", help="stay in the foreground, log to stderr"

@@ -30,6 +30,7 @@ import trio
 from .cache import BlockCache, DiskCache
 from .dirs import default_cache_dir, state_dir
 from .errors import RegfsError
+from .layers import LayerFiles
 from .oci.reference import parse_registry
 from .registry.blobs import ForeignURLPolicy
 from .registry.client import RegistryClient, RetryPolicy, Stats
@@ -43,6 +44,7 @@ from .views.archive import archive_entries
 from .views.control import control_dir, json_file, stats_document
 from .views.image import ImageViewBuilder
 from .views.registry import Options, RootDir
+from .views.rootfs import rootfs_views
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +273,8 @@ def run(config: MountConfig) -> int:
         os._exit(status)
 
 
-# What every image directory shows beside manifest.json, config.json and layers/.
+# What every image directory shows beside manifest.json, config.json and layers/ (rootfs/ and
+# layers/<digest>/ are added in make_tree: they need the layer reader).
 IMAGE_VIEWS: tuple[ImageViewBuilder, ...] = (archive_entries,)
 
 
@@ -283,6 +286,7 @@ class Services:
     cache: BlockCache
     clients: list[RegistryClient]
     stats: Stats
+    layers: LayerFiles  # indexes of layers and reads inside them: rootfs/, layers/<digest>/
     started: float = field(default_factory=time.time)
 
     async def aclose(self) -> None:
@@ -330,7 +334,8 @@ def build_services(config: MountConfig, stats: Stats) -> Services:
         offline=config.options.offline,
         tag_ttl=config.options.tag_ttl,
     )
-    return Services(store, cache, [client, *mirrors], stats)
+    layers = LayerFiles(cache, disk, timeout=config.op_timeout)
+    return Services(store, cache, [client, *mirrors], stats, layers)
 
 
 def make_tree(
@@ -357,10 +362,23 @@ def make_tree(
         cache,
         options,
         control=control,
-        image_views=IMAGE_VIEWS,
+        image_views=(*IMAGE_VIEWS, rootfs_views(services.layers)),
         started=services.started,
     )
     return InodeTable(root)
+
+
+def mount_options(fuse_options: list[str], *, as_root: bool) -> set[str]:
+    """What the kernel is asked for: read-only and, unless `-o suid` / `-o dev` lift them,
+    nosuid,nodev: an image's setuid binaries and device nodes must not become the host's."""
+    options = set(pyfuse3.default_options) | {"fsname=regfs", "subtype=regfs", "ro"}
+    options |= {"nosuid", "nodev"} | ({"allow_other"} if as_root else set())
+    for extra in fuse_options:
+        options.update(o for o in extra.split(",") if o)
+    for lifted in ("suid", "dev"):
+        if lifted in options:  # both in the set: which one libfuse takes would be chance
+            options.discard(f"no{lifted}")
+    return options
 
 
 def mount_device(mountpoint: Path) -> str | None:
@@ -400,13 +418,7 @@ async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
             tag_ttl=config.options.tag_ttl,
             read_sizes=read_sizes,
         )
-        options = set(pyfuse3.default_options)
-        options.discard("default_permissions")
-        options |= {"fsname=regfs", "subtype=regfs", "ro", "default_permissions"}
-        if os.getuid() == 0:
-            options.add("allow_other")
-        for extra in config.fuse_options:
-            options.update(o for o in extra.split(",") if o)
+        options = mount_options(config.fuse_options, as_root=os.getuid() == 0)
         with ExitStack() as handshake_output:
             said = handshake_output.enter_context(captured_stderr())
             pyfuse3.init(ops, str(config.mountpoint), options)
@@ -452,10 +464,7 @@ async def _ready_when_serving(
     whose reply would lower it again (vfs.kernel). A failed start stops the mount."""
     try:
         serving = await when_serving(
-            config.mountpoint,
-            ops.initialized,
-            device_of=mount_device,
-            read_ahead_kb=READ_AHEAD_KB,
+            config.mountpoint, ops.initialized, device_of=mount_device, read_ahead_kb=READ_AHEAD_KB
         )
     except HandshakeError as exc:
         start.failure = str(exc)
@@ -464,13 +473,8 @@ async def _ready_when_serving(
     finally:
         end_capture()
     start.ready = True
-    log.info(
-        "mounted %s at %s (device %s, read_ahead_kb %s)",
-        config.registry,
-        config.mountpoint,
-        serving.device,
-        serving.read_ahead_kb,
-    )
+    where = (config.registry, config.mountpoint, serving.device, serving.read_ahead_kb)
+    log.info("mounted %s at %s (device %s, read_ahead_kb %s)", *where)
     ready()
 
 

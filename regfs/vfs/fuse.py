@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -95,10 +96,13 @@ class Operations(pyfuse3.Operations):
         *,
         timeout_errno: int = errno.ETIMEDOUT,
         reading: bool = False,
+        patient: bool = False,
     ) -> T:
+        """`patient`: the work bounds its own wait (Node.waits_for_progress): no deadline."""
+        deadline = math.inf if patient else trio.current_time() + self.op_timeout
         try:
             # A bare CancelScope: fail_after's generator costs show on every 128 KiB read.
-            with trio.CancelScope(deadline=trio.current_time() + self.op_timeout):
+            with trio.CancelScope(deadline=deadline):
                 return await call()
         except pyfuse3.FUSEError:
             raise
@@ -120,7 +124,7 @@ class Operations(pyfuse3.Operations):
         entry.generation = 0
         timeout = IMMUTABLE_TIMEOUT if node.immutable else self.tag_ttl
         entry.entry_timeout = timeout
-        entry.attr_timeout = timeout
+        entry.attr_timeout = 0.0 if node.provisional else timeout
         attrs = node.attrs
         entry.st_mode = attrs.st_mode
         entry.st_nlink = attrs.nlink
@@ -130,7 +134,7 @@ class Operations(pyfuse3.Operations):
         entry.st_rdev = attrs.rdev
         entry.st_blksize = 1 << 20
         entry.st_blocks = (attrs.size + 511) // 512
-        ns = int(attrs.mtime * 1e9)
+        ns = mtime_ns(attrs.mtime)
         entry.st_atime_ns = entry.st_mtime_ns = entry.st_ctime_ns = ns
         return entry
 
@@ -142,7 +146,12 @@ class Operations(pyfuse3.Operations):
         async def looked_up() -> pyfuse3.EntryAttributes:
             return self.attrs(await self.tree.lookup(parent_inode, text))
 
-        return await self._guard(f"lookup {text!r}", looked_up)
+        patient = self._patient(self.tree.nodes.get(parent_inode))
+        return await self._guard(f"lookup {text!r}", looked_up, patient=patient)
+
+    @staticmethod
+    def _patient(node: Node | None) -> bool:
+        return node is not None and node.waits_for_progress
 
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
         # No network, no await: the guard's deadline is not needed, its error mapping is.
@@ -165,7 +174,11 @@ class Operations(pyfuse3.Operations):
         return node.target
 
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
-        node = await self._guard(f"getxattr {inode}", lambda: _as(self.tree.node, inode))
+        # `ls -l` asks twice per file (security.selinux, system.posix_acl_access) and the
+        # kernel keeps no answer: no guard here, a dict lookup that cannot hang or raise.
+        node = self.tree.nodes.get(inode)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
         value = node.xattrs.get(_name(name))
         if value is None:
             raise pyfuse3.FUSEError(errno.ENODATA)
@@ -179,14 +192,18 @@ class Operations(pyfuse3.Operations):
         node = await self._guard("opendir", lambda: _as(self.tree.node, inode))
         if not isinstance(node, Dir):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        return await self._guard(f"opendir {inode}", lambda: self.tree.opendir(inode))
+        return await self._guard(
+            f"opendir {inode}", lambda: self.tree.opendir(inode), patient=self._patient(node)
+        )
 
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
         async def listed() -> list[tuple[str, Node, pyfuse3.EntryAttributes]]:
             listing = await self.tree.readdir(fh, start_id)
             return [(name, child, self.attrs(child)) for name, child in listing]
 
-        entries = await self._guard(f"readdir {fh}", listed)
+        opened = self.tree.dirs.get(fh)
+        patient = self._patient(opened.node if opened else None)
+        entries = await self._guard(f"readdir {fh}", listed, patient=patient)
         for position, (name, child, attrs) in enumerate(entries, start=start_id + 1):
             if not pyfuse3.readdir_reply(token, _encoded(name), attrs, position):
                 # The kernel's buffer is full: entries it did not take hold no reference, so
@@ -276,6 +293,13 @@ class Operations(pyfuse3.Operations):
 
     async def removexattr(self, *args: Any) -> None:
         raise pyfuse3.FUSEError(errno.EROFS)
+
+
+def mtime_ns(mtime: float) -> int:
+    """A timestamp in nanoseconds: whole seconds and the fraction apart, since `mtime * 1e9`
+    rounds to a multiple of 256 ns (a tar's .25 s would show as .249999872)."""
+    seconds = math.floor(mtime)
+    return seconds * 1_000_000_000 + round((mtime - seconds) * 1e9)
 
 
 # Names are str in the nodes, bytes for the kernel: a name that is not UTF-8 (a tar may hold

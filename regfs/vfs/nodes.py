@@ -73,6 +73,9 @@ class Node:
     """
 
     __slots__ = ("attrs", "immutable", "inode", "name", "xattrs")
+    # Looking into it may wait for work that bounds its own wait by progress (a layer index
+    # build, which may take longer than the operation bound and still be worth it).
+    waits_for_progress: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -87,6 +90,12 @@ class Node:
         self.immutable = immutable
         self.xattrs = xattrs
         self.inode = 0
+
+    @property
+    def provisional(self) -> bool:
+        """Its attributes stand in until its content is made (a rootfs/ before its layers
+        are indexed): the kernel is to keep none of them."""
+        return False
 
     @property
     def size(self) -> int:

@@ -117,9 +117,18 @@ class ResolvedImage:
         return self.store.blob(self.repo, descriptor)
 
 
-# A whole-image view beside manifest.json (image.tar, oci/, later rootfs/); called for
-# images only, never for an artifact.
-ImageViewBuilder = Callable[[ResolvedImage], Sequence[Node]]
+@dataclass(frozen=True)
+class ImageView:
+    """What a builder adds to an image directory: nodes beside manifest.json (rootfs/) and
+    nodes inside layers/ (layers/<digest>/, beside the blob)."""
+
+    beside: Sequence[Node] = ()
+    in_layers: Sequence[Node] = ()
+
+
+# A whole-image view (image.tar and oci/ as a list of nodes beside manifest.json; rootfs/
+# and layers/<digest>/ as an ImageView); called for images only, never for an artifact.
+ImageViewBuilder = Callable[[ResolvedImage], Sequence[Node] | ImageView]
 
 
 class ImageViews:
@@ -174,16 +183,19 @@ class ImageViews:
             filename = mf.config_filename(image.config.media_type)
             config_node = BlobFile(filename, cache, config_ref, created)
         image = await self._with_sizes(repo, image)
-        entries: list[Node] = [
-            BytesFile("manifest.json", image.raw, created),
-            config_node,
-            StaticDir("layers", self._layer_nodes(repo, image, created), created),
-        ]
+        beside: list[Node] = []
+        in_layers = self._layer_nodes(repo, image, created)
         if image.is_image:
             resolved = ResolvedImage(store, cache, repo, image, config, created, name)
             for build in self.builders:
-                entries += build(resolved)
-        return entries
+                view = build(resolved)
+                if isinstance(view, ImageView):
+                    beside += view.beside
+                    in_layers += view.in_layers
+                else:
+                    beside += view
+        layers = StaticDir("layers", in_layers, created)
+        return [BytesFile("manifest.json", image.raw, created), config_node, layers, *beside]
 
     def _layer_nodes(self, repo: str, image: mf.Manifest, created: float) -> list[Node]:
         """Each blob under its digest name, and `<n>.<ext>` links to them in the manifest's

@@ -35,7 +35,7 @@ from tests.fixtures.registry import RegistryServer, start_registry
 
 pytestmark = [pytest.mark.mount, pytest.mark.registry]
 
-IMAGE_FILES = ["config.json", "image.tar", "layers", "manifest.json", "oci", "referrers"]
+IMAGE_FILES = ["config.json", "image.tar", "layers", "manifest.json", "oci", "referrers", "rootfs"]
 ARTIFACT_FILES = ["config.json", "layers", "manifest.json", "referrers"]
 
 
@@ -179,6 +179,7 @@ def test_layer_names_carry_their_media_types_extension(mnt: Mount, seeded: Seede
     assert sorted(os.listdir(layers)) == sorted(
         [f"{n}.tar.gz" for n in range(1, len(image.layers) + 1)]
         + [f"{x.digest}.tar.gz" for x in image.layers]
+        + [x.digest for x in image.layers]  # each layer's own tree: an image, not an artifact
     )
     for number, layer in enumerate(image.layers, 1):
         assert os.readlink(layers / f"{number}.tar.gz") == f"{layer.digest}.tar.gz"

@@ -389,7 +389,8 @@ def test_tag_ttl_shows_a_pushed_update(
         what="the tag to show the new manifest",
     )
     layers = shared.path / TTL_REPO / "current" / "layers"
-    assert sorted(os.listdir(layers)) == ["1.tar.gz", f"{second.layers[0].digest}.tar.gz"]
+    digest = second.layers[0].digest
+    assert sorted(os.listdir(layers)) == ["1.tar.gz", digest, f"{digest}.tar.gz"]
     # The old image stays reachable by its digest.
     old = shared.path / TTL_REPO / ttl_first.manifest_digest / "manifest.json"
     assert old.read_bytes() == ttl_first.manifest_bytes

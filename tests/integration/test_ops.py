@@ -134,7 +134,9 @@ def test_ctrl_c_stops_prefetch_with_130_and_keeps_what_was_read(
     small = [layer for layer in seeded.hello.layers if layer is not big]
     with FaultProxy(registry.url) as proxy:
         proxy.fault(f"/blobs/{big.digest}$", stall=True, times=None)  # never finishes
-        with mounted(tmp_path, proxy.url) as m:
+        # A listing of rootfs/ waits for the stalled layer's index until --timeout passes
+        # without progress, and a process cannot leave while its FUSE request is unanswered.
+        with mounted(tmp_path, proxy.url, "--timeout", "15") as m:
             image_dir = m.path / "library" / "hello" / "latest"
             proc = subprocess.Popen(
                 [*REGFS, "prefetch", "-j", "2", str(image_dir)],

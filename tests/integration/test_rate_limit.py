@@ -41,7 +41,8 @@ def big_layer(image: PushedImage) -> Layer:
 
 
 def layer_file(image_dir: Path, digest: str) -> Path:
-    (found,) = [p for p in (image_dir / "layers").iterdir() if p.name.startswith(digest)]
+    layers = (image_dir / "layers").iterdir()  # the blob, not the layer's tree beside it
+    (found,) = [p for p in layers if p.name.startswith(digest) and p.name != digest]
     return found
 
 

@@ -52,10 +52,12 @@ class Built:
             self.tree.release(fh)
 
 
-def layer_names(digests: list[str]) -> list[str]:
-    """What layers/ lists: each blob by digest, and a numbered link per layer, in order."""
+def layer_names(digests: list[str], *, trees: bool = True) -> list[str]:
+    """What layers/ lists: each blob by digest, a numbered link per layer, in order, and
+    (`trees`: an image with a config) each layer's own tree, layers/<digest>/."""
     numbered = [f"{n:0{len(str(len(digests)))}d}.tar.gz" for n in range(1, len(digests) + 1)]
-    return sorted({f"{d}.tar.gz" for d in digests} | set(numbered))
+    own = set(digests) if trees else set()
+    return sorted({f"{d}.tar.gz" for d in digests} | set(numbered) | own)
 
 
 @asynccontextmanager
@@ -183,7 +185,9 @@ async def test_schema1_layers_come_from_fslayers(
     async with built(tmp_path, registry) as b:
         served = await b.read("legacy/schema1/1/manifest.json")
         assert schema1_payload(served) == s1.payload
-        assert await b.names("legacy/schema1/1/layers") == layer_names([d for d, _ in s1.layers])
+        assert await b.names("legacy/schema1/1/layers") == layer_names(
+            [d for d, _ in s1.layers], trees=False
+        )
         for digest, data in s1.layers:
             path = f"legacy/schema1/1/layers/{digest}.tar.gz"
             assert (await b.walk(path)).size == len(data)

@@ -151,7 +151,8 @@ def mount_args(world: World, *, registry_ca: bool = True, foreign_ca: bool = Fal
 
 def layer_file(image_dir: Path, digest: str) -> Path:
     """The file of a layer in `layers/`, whatever extension its media type gives it."""
-    (found,) = [p for p in (image_dir / "layers").iterdir() if p.name.startswith(digest)]
+    layers = (image_dir / "layers").iterdir()  # the blob, not the layer's tree beside it
+    (found,) = [p for p in layers if p.name.startswith(digest) and p.name != digest]
     return found
 
 
