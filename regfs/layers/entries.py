@@ -9,6 +9,7 @@ tarfile decodes: encoding them back gives the tar's bytes.
 from __future__ import annotations
 
 import tarfile
+from decimal import ROUND_FLOOR, Decimal, InvalidOperation
 
 from ..oci.entry import Entry, EntryKind
 
@@ -44,6 +45,19 @@ def clean_path(name: str) -> str:
     return "/".join(parts)
 
 
+def mtime_ns(member: tarfile.TarInfo) -> int:
+    """The member's mtime in nanoseconds, exactly as a PAX record states it (tarfile parses
+    it to a float, which turns 1700000000.123456789 into .123456717), else whole seconds."""
+    text = member.pax_headers.get("mtime")
+    if text is not None:
+        try:
+            exact = Decimal(text) * 1_000_000_000
+            return int(exact.to_integral_value(rounding=ROUND_FLOOR))
+        except (InvalidOperation, ValueError, OverflowError):
+            pass
+    return int(member.mtime) * 1_000_000_000
+
+
 def entry_of(member: tarfile.TarInfo) -> Entry | None:
     """The entry for a tar member; None for member types a filesystem cannot show (volume
     headers, unknown types)."""
@@ -69,7 +83,7 @@ def entry_of(member: tarfile.TarInfo) -> Entry | None:
         mode=member.mode & 0o7777,
         uid=member.uid,
         gid=member.gid,
-        mtime=float(member.mtime),
+        mtime_ns=mtime_ns(member),
         size=member.size if is_file else 0,
         linkname=linkname,
         devmajor=member.devmajor if member.ischr() or member.isblk() else 0,

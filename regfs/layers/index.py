@@ -22,7 +22,7 @@ from ..oci.entry import Entry, EntryKind
 
 KIND = "layer-index"  # the disk cache's derived kind
 FLAT_KIND = "layer-tar"  # a single-frame zstd layer, decompressed once (see Format.ZSTD)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: mtimes in exact nanoseconds
 MAGIC = b"regfs layer index\n"
 
 
@@ -125,7 +125,7 @@ def _entry_fields(e: Entry) -> list[Any]:
         e.mode,
         e.uid,
         e.gid,
-        e.mtime,
+        e.mtime_ns,
         e.size,
         e.linkname,
         e.devmajor,
@@ -137,14 +137,14 @@ def _entry_fields(e: Entry) -> list[Any]:
 
 
 def _entry_from(f: list[Any]) -> Entry:
-    path, kind, mode, uid, gid, mtime, size, linkname, major, minor, xattrs, offset, sparse = f
+    path, kind, mode, uid, gid, mtime_ns, size, linkname, major, minor, xattrs, offset, sparse = f
     return Entry(
         path=path,
         kind=EntryKind(kind),
         mode=mode,
         uid=uid,
         gid=gid,
-        mtime=mtime,
+        mtime_ns=mtime_ns,
         size=size,
         linkname=linkname,
         devmajor=major,

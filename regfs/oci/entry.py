@@ -32,7 +32,7 @@ class Entry:
     mode: int  # permission bits, setuid/setgid/sticky included (0o7777)
     uid: int
     gid: int
-    mtime: float
+    mtime_ns: int  # exact: PAX records give nanoseconds a float cannot hold
     size: int = 0  # a file's size (a sparse file's apparent size)
     linkname: str = ""  # a symlink's target verbatim; a hardlink's target, normalised
     devmajor: int = 0

@@ -89,31 +89,31 @@ class Tree:
                     stack.append((child_path, child))
 
 
-def merge(layers: Sequence[Iterable[Entry]], *, implicit_mtime: float = 0.0) -> Tree:
+def merge(layers: Sequence[Iterable[Entry]], *, implicit_mtime_ns: int = 0) -> Tree:
     """The root filesystem of an image whose layers (bottom first) hold these entries."""
-    builder = _Builder(implicit_mtime, whiteouts=True)
+    builder = _Builder(implicit_mtime_ns, whiteouts=True)
     for number, entries in enumerate(layers):
         builder.apply_layer(number, entries)
     return builder.finish()
 
 
-def layer_tree(entries: Iterable[Entry], *, implicit_mtime: float = 0.0) -> Tree:
+def layer_tree(entries: Iterable[Entry], *, implicit_mtime_ns: int = 0) -> Tree:
     """One layer's own entries as its tar holds them: the same rules as one layer of a
     merge, except that whiteouts and opaque markers are plain entries (visible as such)."""
-    builder = _Builder(implicit_mtime, whiteouts=False)
+    builder = _Builder(implicit_mtime_ns, whiteouts=False)
     builder.apply_layer(0, entries)
     return builder.finish()
 
 
 class _Builder:
-    def __init__(self, implicit_mtime: float, *, whiteouts: bool) -> None:
-        self.implicit_mtime = implicit_mtime
+    def __init__(self, implicit_mtime_ns: int, *, whiteouts: bool) -> None:
+        self.implicit_mtime_ns = implicit_mtime_ns
         self.whiteouts = whiteouts
         self.root = self._implicit_dir("")
         self.upper: set[str] = set()  # paths this layer has added, and their ancestors
 
     def _implicit_dir(self, path: str) -> TreeNode:
-        entry = Entry(path, EntryKind.DIR, IMPLICIT_MODE, 0, 0, self.implicit_mtime)
+        entry = Entry(path, EntryKind.DIR, IMPLICIT_MODE, 0, 0, self.implicit_mtime_ns)
         return TreeNode(entry, -1)
 
     def apply_layer(self, number: int, entries: Iterable[Entry]) -> None:

@@ -134,7 +134,7 @@ class Operations(pyfuse3.Operations):
         entry.st_rdev = attrs.rdev
         entry.st_blksize = 1 << 20
         entry.st_blocks = (attrs.size + 511) // 512
-        ns = mtime_ns(attrs.mtime)
+        ns = attrs.mtime_ns if attrs.mtime_ns is not None else mtime_ns(attrs.mtime)
         entry.st_atime_ns = entry.st_mtime_ns = entry.st_ctime_ns = ns
         return entry
 

@@ -49,6 +49,8 @@ class Attrs:
     uid: int = _OWNER[0]
     gid: int = _OWNER[1]
     rdev: int = 0
+    # The exact time when a tar states nanoseconds a float cannot hold; else `mtime` is it.
+    mtime_ns: int | None = None
 
     @property
     def st_mode(self) -> int:
@@ -106,7 +108,7 @@ class Node:
         return self.attrs.mtime
 
     def set_mtime(self, mtime: float) -> None:
-        self.attrs = replace(self.attrs, mtime=mtime)
+        self.attrs = replace(self.attrs, mtime=mtime, mtime_ns=None)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} inode={self.inode}>"

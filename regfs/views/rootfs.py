@@ -70,7 +70,8 @@ def attrs_of(node: TreeNode) -> Attrs:
     rdev = 0
     if kind in (Kind.CHAR_DEVICE, Kind.BLOCK_DEVICE):
         rdev = os.makedev(entry.devmajor, entry.devminor)
-    return Attrs(kind, mode, size, entry.mtime, node.nlink, entry.uid, entry.gid, rdev)
+    seconds = entry.mtime_ns / 1e9
+    return Attrs(kind, mode, size, seconds, node.nlink, entry.uid, entry.gid, rdev, entry.mtime_ns)
 
 
 def xattrs_of(entry: Entry) -> Mapping[str, bytes]:
@@ -240,7 +241,7 @@ class ImageTrees:
                 indexes = await self.indexes()
                 layers = [index.entries for index in indexes]
                 tree = await trio.to_thread.run_sync(
-                    lambda: merge(layers, implicit_mtime=self.created)
+                    lambda: merge(layers, implicit_mtime_ns=round(self.created * 1e9))
                 )
                 self._merged = TreeView(tree, self.reader, self.blobs, indexes)
             return self._merged
@@ -251,7 +252,7 @@ class ImageTrees:
             if number not in self._layers:
                 index = await self.index(number)
                 tree = await trio.to_thread.run_sync(
-                    lambda: layer_tree(index.entries, implicit_mtime=self.created)
+                    lambda: layer_tree(index.entries, implicit_mtime_ns=round(self.created * 1e9))
                 )
                 # It reads from that layer only: every node of it says layer 0.
                 self._layers[number] = TreeView(tree, self.reader, [self.blobs[number]], [index])

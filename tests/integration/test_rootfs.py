@@ -26,7 +26,6 @@ from tests.fixtures.registry import RegistryServer
 from tests.fixtures.rootfs_images import RootfsFixtures, RootfsImage, push_oci
 from tests.fixtures.rootfs_layers import big_text
 from tests.fixtures.treecompare import (
-    Expect,
     UmociUnpacks,
     check,
     compare,
@@ -70,31 +69,15 @@ def test_rootfs_equals_umoci_unpack_of_every_image_umoci_reads(
         stamped = {p for p, f in theirs.items() if f.kind == "dir" and f.mtime > STARTED - 3600}
         free = {*image.unpack_time_mtimes, *stamped}
         differences = compare(ours, theirs, labels=("regfs", "umoci"), any_mtime=free)
-        differences += [  # to the microsecond: see test_mtimes_to_the_nanosecond
-            f"{p!r}: mtime_ns regfs={ours[p].mtime_ns} umoci={theirs[p].mtime_ns}"
-            for p in ours.keys() & theirs.keys() - free
-            if abs(ours[p].mtime_ns - theirs[p].mtime_ns) >= 1000
-        ]
-        problems += [
-            f"{image.name}: {p}"
-            for p in differences + check(ours, rootfs, exact_to_the_microsecond(image))
-        ]
+        problems += [f"{image.name}: {p}" for p in differences + check(ours, rootfs, image.expects)]
     assert problems == [], "\n".join(problems[:80])
 
 
-def exact_to_the_microsecond(image: RootfsImage) -> list[Expect]:
-    """The image's facts but the nanoseconds of mtimes (test_mtimes_to_the_nanosecond)."""
-    return [x for x in image.expects if x.case != "mtime-subsecond"]
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="Entry.mtime is a float (regfs/oci/entry.py) and tarfile parses PAX mtimes to "
-    "floats: 1700000000.123456789 shows as .123456717. Needs an exact mtime in Entry.",
-)
 def test_mtimes_to_the_nanosecond(
     rootfs_images: RootfsFixtures, mnt: Mount, umoci: UmociUnpacks
 ) -> None:
+    """A PAX mtime of 1700000000.123456789 is that to the nanosecond (a float would give
+    .123456717)."""
     image = rootfs_images.images["merge-gzip"]
     ours = snapshot(image_dir(mnt, image) / "rootfs", contents=False)
     theirs = snapshot(umoci.rootfs(image.repo, image.reference_tag), contents=False)

@@ -9,7 +9,7 @@ import tarfile
 import pytest
 
 from regfs.layers.build import scan_tar
-from regfs.layers.entries import clean_path
+from regfs.layers.entries import clean_path, entry_of
 from regfs.oci.entry import EntryKind
 
 
@@ -83,8 +83,8 @@ def test_members_become_entries(fmt: int) -> None:
         "dev/null", "dev/sda", "pipe", "dir", long_name,
     ]  # fmt: skip
     first = entries[0]
-    assert (first.kind, first.mode, first.uid, first.gid, first.mtime, first.size) == (
-        EntryKind.FILE, 0o4755, 7, 8, 1234567890.0, 3
+    assert (first.kind, first.mode, first.uid, first.gid, first.mtime_ns, first.size) == (
+        EntryKind.FILE, 0o4755, 7, 8, 1234567890 * 10**9, 3
     )  # fmt: skip
     assert entries[3].size == 5 and entries[4].size == 6  # duplicates kept, in tar order
     assert entries[4].offset > entries[3].offset
@@ -116,3 +116,17 @@ def test_non_utf8_names_are_kept_as_surrogate_escapes() -> None:
 def test_an_empty_stream_is_an_empty_layer() -> None:
     assert scan_tar(io.BytesIO(b"")) == ()  # type: ignore[arg-type]
     assert scan_tar(io.BytesIO(bytes(1024))) == ()  # type: ignore[arg-type]
+
+
+def test_a_pax_mtime_is_kept_to_the_nanosecond() -> None:
+    info = tarfile.TarInfo("f")
+    info.pax_headers = {"mtime": "1700000000.123456789"}
+    info.mtime = 1700000000
+    entry = entry_of(info)
+    assert entry is not None and entry.mtime_ns == 1_700_000_000_123_456_789
+    info.pax_headers = {"mtime": "-1.5"}  # before 1970: floor, as the seconds field would be
+    entry = entry_of(info)
+    assert entry is not None and entry.mtime_ns == -1_500_000_000
+    info.pax_headers = {"mtime": "garbage"}
+    entry = entry_of(info)
+    assert entry is not None and entry.mtime_ns == 1_700_000_000 * 10**9

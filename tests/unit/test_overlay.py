@@ -9,20 +9,20 @@ from regfs.oci.overlay import Tree, layer_tree, merge
 K = EntryKind
 
 
-def d(path: str, mode: int = 0o755, *, uid: int = 0, mtime: float = 1.0) -> Entry:
+def d(path: str, mode: int = 0o755, *, uid: int = 0, mtime: int = 1) -> Entry:
     return Entry(path, K.DIR, mode, uid, 0, mtime)
 
 
-def f(path: str, size: int = 1, *, mode: int = 0o644, mtime: float = 1.0) -> Entry:
+def f(path: str, size: int = 1, *, mode: int = 0o644, mtime: int = 1) -> Entry:
     return Entry(path, K.FILE, mode, 0, 0, mtime, size=size)
 
 
 def link(path: str, target: str) -> Entry:
-    return Entry(path, K.HARDLINK, 0o644, 0, 0, 1.0, linkname=target)
+    return Entry(path, K.HARDLINK, 0o644, 0, 0, 1, linkname=target)
 
 
 def sym(path: str, target: str) -> Entry:
-    return Entry(path, K.SYMLINK, 0o777, 0, 0, 1.0, linkname=target)
+    return Entry(path, K.SYMLINK, 0o777, 0, 0, 1, linkname=target)
 
 
 def paths(tree: Tree) -> dict[str, str]:
@@ -70,7 +70,7 @@ def test_a_whiteout_of_a_directory_spares_what_this_layer_put_inside() -> None:
 
 def test_directory_over_directory_merges_and_the_later_attributes_win() -> None:
     xattrs = (("user.k", b"v"),)
-    upper = Entry("a", K.DIR, 0o1777, 5, 6, 9.0, xattrs=xattrs)
+    upper = Entry("a", K.DIR, 0o1777, 5, 6, 9, xattrs=xattrs)
     tree = merge([[d("a", 0o700), f("a/x")], [upper, f("a/y")]])
     assert paths(tree) == {"a": "dir", "a/x": "file", "a/y": "file"}
     node = tree.lookup("a")
@@ -151,10 +151,10 @@ def test_symlinks_and_dotdot_never_leave_the_root() -> None:
 
 
 def test_implicit_parents_are_0755_root_and_the_root_takes_a_root_entry() -> None:
-    tree = merge([[d("", 0o700, uid=3), f("a/b/c")]], implicit_mtime=5.0)
+    tree = merge([[d("", 0o700, uid=3), f("a/b/c")]], implicit_mtime_ns=5)
     a = tree.lookup("a")
     assert a is not None and a.layer == -1
-    assert (a.entry.mode, a.entry.uid, a.entry.gid, a.entry.mtime) == (0o755, 0, 0, 5.0)
+    assert (a.entry.mode, a.entry.uid, a.entry.gid, a.entry.mtime_ns) == (0o755, 0, 0, 5)
     assert tree.root.entry.mode == 0o700 and tree.root.entry.uid == 3
 
 

@@ -91,7 +91,7 @@ class FakeLayers:
                             info.mode & 0o7777,
                             info.uid,
                             info.gid,
-                            float(info.mtime),
+                            int(info.mtime) * 1_000_000_000,
                             size=info.size if kind is EntryKind.FILE else 0,
                             linkname=_path(info.linkname)
                             if kind is EntryKind.HARDLINK
