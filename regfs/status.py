@@ -64,6 +64,28 @@ def render_status(mountpoint: Path, doc: dict[str, object]) -> Group:
         "blobs",
         Text("   ".join(f"{n} {num(get('blobs', n))}" for n in ("verified", "failed", "purged"))),
     )
+    indexes = get("layer_indexes")
+    if isinstance(indexes, dict):
+        building = indexes.get("building")
+        building = building if isinstance(building, list) else []
+        summary.add_row(
+            "layer indexes",
+            Text(
+                f"built {num(indexes.get('built'))}   building {len(building)}   "
+                f"spans inflated {num(indexes.get('spans_inflated'))}"
+            ),
+        )
+        for build in building:
+            if isinstance(build, dict):
+                done, size = num(build.get("bytes")), num(build.get("size"))
+                rate = cachectl.human(num(build.get("bytes_per_second")))
+                summary.add_row(
+                    "",
+                    Text(
+                        f"{str(build.get('digest')).partition(':')[2][:12]}  "
+                        f"{cachectl.human(done)} / {cachectl.human(size)}  {rate}/s"
+                    ),
+                )
 
     def table(title: str, *columns: str) -> Table:
         return Table(

@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from ..cache import BlockCache
+from ..layers import LayerFiles
 from ..vfs.nodes import GeneratedFile, StaticDir
 
 CONTROL_DIR = ".regfs"
@@ -34,9 +35,10 @@ def stats_document(
     stats: RequestStats,
     cache: BlockCache,
     started: float,
+    layers: LayerFiles | None = None,
 ) -> dict[str, object]:
     c = cache.stats
-    return {
+    document: dict[str, object] = {
         "registry": registry,
         "uptime_seconds": round(time.time() - started, 1),
         "bytes_fetched_by_host": dict(stats.bytes_by_host),
@@ -60,6 +62,28 @@ def stats_document(
         "offline": offline,
         "mirrors": list(mirrors),
         "errors": dict(stats.errors),
+    }
+    if layers is not None:
+        document["layer_indexes"] = layer_index_stats(layers)
+    return document
+
+
+def layer_index_stats(layers: LayerFiles) -> dict[str, object]:
+    """Indexes built since the mount started (not loaded from the disk cache), spans
+    inflated for reads inside layers, and the builds going on now: compressed bytes read of
+    the layer's size, and the rate."""
+    return {
+        "built": layers.builds,
+        "spans_inflated": layers.spans.inflated,
+        "building": [
+            {
+                "digest": p.digest,
+                "bytes": p.done,
+                "size": p.total,
+                "bytes_per_second": round(p.rate),
+            }
+            for p in layers.progress()
+        ],
     }
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from regfs.mount import mounts_at
+from regfs.vfs.mountinfo import mounts_at
 from tests.fixtures._net import free_port, wait_until
 from tests.fixtures.images import File, PushedImage, make_layer, push_image
 from tests.fixtures.mounting import (

@@ -5,6 +5,7 @@ sha256sum, and the mount's nosuid,nodev as the kernel reports it."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gzip
 import hashlib
@@ -332,3 +333,16 @@ def test_each_layer_directory_equals_gnu_tar_extracting_that_layer(
             compared += len(theirs)
     assert problems == [], "\n".join(problems[:60])
     assert compared > 100, "the layers were extracted"
+
+
+def test_stats_count_the_index_builds(rootfs_images: RootfsFixtures, mnt: Mount) -> None:
+    """.regfs/stats.json (and so `regfs status`) counts the layer indexes the mount built;
+    none is left in progress once every listing has returned."""
+    for image in rootfs_images.images.values():
+        with contextlib.suppress(OSError):  # quirk images may refuse an entry, not the listing
+            os.listdir(image_dir(mnt, image) / "rootfs")
+    indexes = mnt.stats()["layer_indexes"]
+    assert isinstance(indexes, dict)
+    distinct = {digest for image in rootfs_images.images.values() for digest, _ in image.layers}
+    assert 0 < indexes["built"] <= len(distinct)
+    assert indexes["building"] == []

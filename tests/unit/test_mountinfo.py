@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from regfs.mount import MountEntry, mount_path, mounts_at
+from regfs.vfs.mountinfo import MountEntry, mount_path, mounts_at
 
 MOUNTINFO = (
     # id parent major:minor root mountpoint options [optional fields] - fstype source super

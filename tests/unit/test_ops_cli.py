@@ -214,6 +214,13 @@ def test_status_tables_hold_every_count_and_fit_the_width() -> None:
         "blobs": {"verified": 4, "failed": 0, "purged": 1},
         "bytes_fetched_by_host": {"cdn-" + "x" * 80 + ".example": 1 << 30},
         "errors": {},
+        "layer_indexes": {
+            "built": 3,
+            "spans_inflated": 7,
+            "building": [
+                {"digest": DIGEST_A, "bytes": 1 << 20, "size": 4 << 20, "bytes_per_second": 1 << 20}
+            ],
+        },
     }
     out = io.StringIO()
     Console(file=out, width=60).print(render_status(Path("/mnt/[x]"), doc))
@@ -223,6 +230,8 @@ def test_status_tables_hold_every_count_and_fit_the_width() -> None:
     assert "/mnt/[x]" in text and "http://[::1]:5001" in text  # not taken for markup
     assert "http://127.0.0.1:5000 (offline)" in text
     assert "10   retries 2   in-flight block fetches 1" in text
+    assert "built 3   building 1   spans inflated 7" in text
+    assert "aaaaaaaaaaaa  1.0 MiB / 4.0 MiB  1.0 MiB/s" in text
     assert "verified 4   failed 0   purged 1" in text
     assert re.search(r"memory +5 +3", text) and re.search(r"disk +1 +2", text)
     assert "memory held: 1.0 MiB" in text and "1.0 GiB" in text
