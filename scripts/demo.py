@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from tests.fixtures.cdn import CDNServer
+from tests.fixtures.images import Dir, File, Hardlink, Symlink, make_layer, push_image
 from tests.fixtures.mounting import force_unmount
 from tests.fixtures.registry import start_registry
 from tests.fixtures.seed import seed_registry
@@ -25,6 +26,29 @@ def show(command: str, cwd: Path) -> None:
     subprocess.run(command, shell=True, cwd=cwd, check=False, timeout=120)
 
 
+OS_RELEASE = b'PRETTY_NAME="regfs demo 1"\nNAME="regfs demo"\nVERSION_ID="1"\nID=regfs-demo\n'
+
+
+def push_demo_base(registry_url: str) -> None:
+    """demo/base:1.0 and 1.1, two tags of a small distribution-like image that differ in one
+    config file: for rootfs/ (os-release, a symlinked /bin, a hardlink, a diff)."""
+    tool = b"#!/bin/sh\necho tool\n"
+    base = make_layer(
+        [
+            Dir("etc"),
+            File("etc/os-release", OS_RELEASE),
+            Dir("usr"),
+            Dir("usr/bin"),
+            File("usr/bin/tool", tool, 0o755),
+            Hardlink("usr/bin/tool-alias", "usr/bin/tool"),
+            Symlink("bin", "usr/bin"),
+        ]
+    )
+    for tag, workers in (("1.0", b"2"), ("1.1", b"4")):
+        config = make_layer([Dir("etc"), File("etc/app.conf", b"workers = " + workers + b"\n")])
+        push_image(registry_url, "demo/base", tag, [base, config])
+
+
 def wait_for_interrupt(mnt: Path) -> None:
     """--keep: leave the mount up for the user to explore until Ctrl-C (or SIGTERM)."""
     print(f"\nThe demo registry stays mounted at {mnt} until you press Ctrl-C. Try:")
@@ -32,6 +56,8 @@ def wait_for_interrupt(mnt: Path) -> None:
         f"ls {mnt}",
         f"ls -l {mnt}/library/hello/latest/",
         f"tar tzvf {mnt}/library/hello/latest/layers/1.tar.gz",
+        f"cat {mnt}/demo/base/1.1/rootfs/etc/os-release",
+        f"diff -r {mnt}/demo/base/1.0/rootfs {mnt}/demo/base/1.1/rootfs",
         f"cat {mnt}/.regfs/stats.json",
     ]:
         print(f"  {command}")
@@ -53,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         with CDNServer() as cdn, start_registry(work / "registry") as registry:
             seeded = seed_registry(registry.url, cdn)
+            push_demo_base(registry.url)
             print(f"registry {registry.url} holds: {', '.join(seeded.repos)}")
             print(f"foreign layers are served by {cdn.url} behind /fwlink/ redirects")
             mnt = work / "mnt"
@@ -85,6 +112,11 @@ def main(argv: list[str] | None = None) -> int:
                     f"ls -l {hello}/",
                     f"tar tvf {hello}/image.tar | head -8   # docker save layout, assembled lazily",
                     f"ls {hello}/oci {hello}/oci/blobs/sha256",
+                    "cat demo/base/1.1/rootfs/etc/os-release   # files inside the image, lazily",
+                    "ls -l demo/base/1.1/rootfs/",
+                    "ls -li demo/base/1.1/rootfs/usr/bin   # a hardlink: one inode, 2 links",
+                    "diff demo/base/1.0/rootfs/etc/app.conf demo/base/1.1/rootfs/etc/app.conf",
+                    f"find {hello}/layers/{seeded.hello.layers[-1].digest}/   # one layer's own entries",
                     "cat .regfs/stats.json",
                 ]:
                     show(command, mnt)

@@ -44,6 +44,9 @@ def test_demo_keep_leaves_the_mount_until_interrupted() -> None:
         # The tour ran, and the mount it leaves answers like the tour's.
         text = "".join(output)
         assert "library/hello" in text
+        assert 'PRETTY_NAME="regfs demo 1"' in text  # cat of rootfs/etc/os-release
+        assert "bin -> usr/bin" in text and "> workers = 4" in text  # ls -l and diff
+        assert "etc/.wh.motd" in text  # find of one layer's own entries
         assert is_mounted(mountpoint)
         assert "latest" in os.listdir(mountpoint / "library" / "hello")
         demo.send_signal(signal.SIGINT)
