@@ -20,8 +20,9 @@ import trio
 
 from regfs.cache import BlobRef, BlockCache
 from regfs.errors import IntegrityError
+from regfs.layers.entries import entry_of
 from regfs.oci import manifest as mf
-from regfs.oci.entry import Entry, EntryKind
+from regfs.oci.entry import Entry
 from regfs.vfs.fuse import Operations, errno_for
 from regfs.vfs.nodes import Dir, File, Kind, Node, StaticDir, Symlink
 from regfs.vfs.table import ROOT_INODE, InodeTable
@@ -37,22 +38,6 @@ CREATED = 1700000000.0
 class FakeIndex:
     digest: str
     entries: tuple[Entry, ...]
-
-
-_KINDS = {
-    tarfile.REGTYPE: EntryKind.FILE,
-    tarfile.AREGTYPE: EntryKind.FILE,
-    tarfile.DIRTYPE: EntryKind.DIR,
-    tarfile.SYMTYPE: EntryKind.SYMLINK,
-    tarfile.LNKTYPE: EntryKind.HARDLINK,
-    tarfile.CHRTYPE: EntryKind.CHAR_DEVICE,
-    tarfile.BLKTYPE: EntryKind.BLOCK_DEVICE,
-    tarfile.FIFOTYPE: EntryKind.FIFO,
-}
-
-
-def _path(name: str) -> str:
-    return "/".join(p for p in name.split("/") if p not in ("", "."))
 
 
 class FakeLayers:
@@ -75,33 +60,9 @@ class FakeLayers:
             if blob.digest in self.fail or (diff_id and diff_id != mf.sha256_digest(data)):
                 raise IntegrityError("diff_id mismatch", digest=blob.digest)
             self.indexed.append(blob.digest)
-            entries = []
-            with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-                for info in tar:
-                    xattrs = tuple(
-                        (k.removeprefix("SCHILY.xattr."), v.encode("utf-8", "surrogateescape"))
-                        for k, v in info.pax_headers.items()
-                        if k.startswith("SCHILY.xattr.")
-                    )
-                    kind = _KINDS[info.type]
-                    entries.append(
-                        Entry(
-                            _path(info.name),
-                            kind,
-                            info.mode & 0o7777,
-                            info.uid,
-                            info.gid,
-                            int(info.mtime) * 1_000_000_000,
-                            size=info.size if kind is EntryKind.FILE else 0,
-                            linkname=_path(info.linkname)
-                            if kind is EntryKind.HARDLINK
-                            else info.linkname,
-                            devmajor=info.devmajor,
-                            devminor=info.devminor,
-                            xattrs=xattrs,
-                            offset=info.offset_data,
-                        )
-                    )
+            # The index's own entry conversion: this fake stands in for the pass, not for it.
+            with tarfile.open(fileobj=io.BytesIO(data), mode="r:", errors="surrogateescape") as tar:
+                entries = [e for e in map(entry_of, tar) if e is not None]
             return FakeIndex(blob.digest, tuple(entries))
         finally:
             self.in_flight -= 1
