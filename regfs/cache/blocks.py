@@ -368,6 +368,12 @@ class BlockCache:
             if state.verified:
                 break  # a verified blob missing a block: only a reader's need refetches it
             chunk_stop = min(ahead.stop, index + self.request_blocks)
+            whole = min(self.request_blocks, max(1, stream.window // self.block_size))
+            if chunk_stop - index < whole and chunk_stop < self.blocks(blob.size):
+                # The window moves a block at a time: wait until a whole request fits, or
+                # every request is one block (twice the requests; the registry's CPU per
+                # GiB rises as its ranges shrink).
+                break
             run = self._start_fetch(blob, index, chunk_stop, background=True)
             if run is not None:
                 stream.owned.adopt(run)
