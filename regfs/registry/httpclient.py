@@ -171,8 +171,13 @@ class ThreadedTransport(httpx.AsyncBaseTransport):
     """httpx's sync HTTPTransport (its verify, limits and pool) run in worker threads: the
     trio thread only schedules, and the connection pool, TLS and h11 are httpx's own."""
 
+    THREADS = 64  # the pool holds 32 connections; requests waiting for one need a thread too
+
     def __init__(self, inner: httpx.HTTPTransport) -> None:
         self.inner = inner
+        # Its own threads: a stalled server must not take the ones disk and hashing work
+        # runs in (trio's default limiter).
+        self.threads = trio.CapacityLimiter(self.THREADS)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if not isinstance(request.stream, httpx.SyncByteStream):
@@ -193,14 +198,16 @@ class ThreadedTransport(httpx.AsyncBaseTransport):
         try:
             # A thread cannot be interrupted: on cancellation it is left to end within the
             # request's own timeouts, and closes what it got.
-            response = await trio.to_thread.run_sync(send, abandon_on_cancel=True)
+            response = await trio.to_thread.run_sync(
+                send, abandon_on_cancel=True, limiter=self.threads
+            )
         except trio.Cancelled:
             with lock:
                 abandoned = True
                 if sent is not None:
                     sent.close()
             raise
-        stream = _ThreadedStream(response, request)
+        stream = _ThreadedStream(response, request, self.threads)
         extensions = dict(response.extensions)
         extensions[RECEIVE] = stream.receive
         return httpx.Response(
@@ -216,8 +223,11 @@ class _ThreadedStream(httpx.AsyncByteStream):
     a drip-feed past its deadline), the socket is shut down so the worker returns at once,
     and it is waited for: no buffer is written after the call returned."""
 
-    def __init__(self, response: httpx.Response, request: httpx.Request) -> None:
+    def __init__(
+        self, response: httpx.Response, request: httpx.Request, threads: trio.CapacityLimiter
+    ) -> None:
         self._response = response
+        self._threads = threads
         network = response.extensions.get("network_stream")
         sock = network.get_extra_info("socket") if network is not None else None
         self._socket = sock if isinstance(sock, socket.socket) else None
@@ -236,7 +246,9 @@ class _ThreadedStream(httpx.AsyncByteStream):
                     token.run_sync_soon(done.set)
 
         try:
-            return await trio.to_thread.run_sync(work, abandon_on_cancel=True)
+            return await trio.to_thread.run_sync(
+                work, abandon_on_cancel=True, limiter=self._threads
+            )
         except trio.Cancelled:
             if self._socket is not None:
                 with suppress(OSError):  # the base class's: an SSLSocket's would drop its state
