@@ -2,8 +2,9 @@
 proxies, identity encoding, TLS verified against what the system trusts (tls.py), and one
 --debug line per request (`RequestLog`).
 
-Requests go out through httpx's sync HTTPTransport in worker threads (`ThreadedTransport`):
-httpx's AsyncClient keeps every request's policy (auth, redirects, timeouts, the --debug
+Ranged requests (blob bodies) go out through httpx's sync HTTPTransport in worker threads
+(`ThreadedTransport`; the rest stays on httpx's async transport): httpx's AsyncClient keeps
+every request's policy (auth, redirects, timeouts, the --debug
 log), and bodies are received off the trio thread. A response offers, besides async
 iteration, `receive(n)` in its extensions (`RECEIVE`): the next n bytes of the body in one
 worker-thread call, read from the socket into one buffer (a cache block) rather than chunk
@@ -72,13 +73,14 @@ def make_http_client(
     `insecure`, and a --debug line per request. `transport` replaces the network (tests);
     TLS options then do not apply."""
     if transport is None:
+        # One trust context (or --insecure) and one set of limits for both transports.
         verify: ssl.SSLContext | bool = False if insecure else trust_context(ca_files)
-        transport = ThreadedTransport(
-            httpx.HTTPTransport(
-                verify=verify,
-                limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
-                trust_env=False,
-            )
+        limits = httpx.Limits(max_connections=32, max_keepalive_connections=16)
+        transport = RangedInThreads(
+            ranged=ThreadedTransport(
+                httpx.HTTPTransport(verify=verify, limits=limits, trust_env=False)
+            ),
+            other=httpx.AsyncHTTPTransport(verify=verify, limits=limits, trust_env=False),
         )
     return httpx.AsyncClient(
         timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
@@ -165,6 +167,27 @@ class _CountedStream(httpx.AsyncByteStream):
 
 
 # -- requests in worker threads -------------------------------------------------------------
+
+
+class RangedInThreads(httpx.AsyncBaseTransport):
+    """Ranged requests (blob bodies: nearly every byte) go through worker threads, the rest
+    (manifests, tags, tokens: small bodies, where latency counts) stays on the async
+    transport: a thread hop per request and per chunk made `ls -R` of a fresh mount about
+    50% slower. Both are built with the same trust context, --insecure and limits."""
+
+    def __init__(self, *, ranged: httpx.AsyncBaseTransport, other: httpx.AsyncBaseTransport):
+        self.ranged = ranged
+        self.other = other
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        inner = self.ranged if "range" in request.headers else self.other
+        return await inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        try:
+            await self.ranged.aclose()
+        finally:
+            await self.other.aclose()
 
 
 class ThreadedTransport(httpx.AsyncBaseTransport):

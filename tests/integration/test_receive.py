@@ -20,7 +20,7 @@ from regfs.oci.reference import parse_registry
 from regfs.registry import httpclient
 from regfs.registry.blobs import BlobSource, ForeignURLPolicy
 from regfs.registry.client import RegistryClient, RetryPolicy
-from regfs.registry.httpclient import ThreadedTransport
+from regfs.registry.httpclient import RangedInThreads, ThreadedTransport
 from tests.fixtures.faultproxy import Fault, FaultProxy
 from tests.fixtures.images import Layer
 from tests.fixtures.registry import RegistryServer
@@ -73,10 +73,10 @@ def ends(start: int, parts: list[bytes]) -> list[int]:
 
 
 def pool_connections(client: RegistryClient) -> list[object]:
-    log = client.http._transport  # RequestLog around ThreadedTransport
-    threaded = getattr(log, "inner", None)
-    assert isinstance(threaded, ThreadedTransport)
-    return list(threaded.inner._pool.connections)
+    log = client.http._transport  # RequestLog around RangedInThreads
+    split = getattr(log, "inner", None)
+    assert isinstance(split, RangedInThreads) and isinstance(split.ranged, ThreadedTransport)
+    return list(split.ranged.inner._pool.connections)
 
 
 async def test_whole_blocks_one_piece_each_on_one_reused_connection(
