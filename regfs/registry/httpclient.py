@@ -326,6 +326,8 @@ class _Body:
             error = None
         except httpx.HTTPError as exc:
             error = exc
+        except h11.ProtocolError as exc:  # as httpcore maps it
+            error = httpx.RemoteProtocolError(str(exc))
         try:
             return bytes(view[: self._got]), error
         finally:
