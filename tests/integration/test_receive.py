@@ -8,6 +8,7 @@ at once and leaves nothing behind that a later read could see.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Iterator
 
 import pytest
@@ -130,6 +131,21 @@ async def test_cut_mid_block_resumes_at_the_exact_offset(
         assert 0 <= resumed <= cut  # an RST loses what the kernel had not handed over
     # Pieces end at block boundaries, except the one the cut ended.
     assert {e for e in ends(0, parts) if e % BLOCK and e != layer.size} <= {resumed}
+
+
+async def test_the_debug_line_counts_what_was_received_into_blocks(
+    registry: RegistryServer, seeded: Seeded, caplog: pytest.LogCaptureFixture
+) -> None:
+    layer = big_layer(seeded)
+    client = client_for(registry.url)
+    try:
+        with caplog.at_level(logging.DEBUG, logger="regfs.registry.httpclient"):
+            parts = await pieces(source_for(client, layer), 0, 2 * BLOCK)
+    finally:
+        await client.aclose()
+    assert b"".join(parts) == layer.data[: 2 * BLOCK]
+    lines = [r.getMessage() for r in caplog.records if f"/blobs/{layer.digest}" in r.getMessage()]
+    assert len(lines) == 1 and f"-> 206, {2 * BLOCK} bytes in" in lines[0], lines
 
 
 async def test_server_ignoring_range_is_read_past_in_pieces(
