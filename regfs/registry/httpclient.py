@@ -169,19 +169,32 @@ class _CountedStream(httpx.AsyncByteStream):
 # -- requests in worker threads -------------------------------------------------------------
 
 
+def _range_length(header: str | None) -> int:
+    """How many bytes a `Range: bytes=a-b` asks for; 0 for none or any other form."""
+    if header is None or not header.startswith("bytes="):
+        return 0
+    first, _, last = header.removeprefix("bytes=").partition("-")
+    if not (first.isdigit() and last.isdigit()):
+        return 0
+    return int(last) - int(first) + 1
+
+
 class RangedInThreads(httpx.AsyncBaseTransport):
-    """Ranged requests (blob bodies: nearly every byte) go through worker threads, the rest
-    (manifests, tags, tokens: small bodies, where latency counts) stays on the async
-    transport: a thread hop per request and per chunk made `ls -R` of a fresh mount about
-    50% slower. Both are built with the same trust context, --insecure and limits."""
+    """Ranges of at least BULK bytes (blob bodies: nearly every byte) go through worker
+    threads, the rest (manifests, tags, tokens, configs: small bodies, where latency counts)
+    stays on the async transport: a thread hop per request and per chunk made `ls -R` of a
+    fresh mount about 50% slower. Both are built with the same trust context, --insecure
+    and limits."""
+
+    BULK = 1 << 20
 
     def __init__(self, *, ranged: httpx.AsyncBaseTransport, other: httpx.AsyncBaseTransport):
         self.ranged = ranged
         self.other = other
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        inner = self.ranged if "range" in request.headers else self.other
-        return await inner.handle_async_request(request)
+        bulk = _range_length(request.headers.get("range")) >= self.BULK
+        return await (self.ranged if bulk else self.other).handle_async_request(request)
 
     async def aclose(self) -> None:
         try:

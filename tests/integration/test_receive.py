@@ -33,6 +33,13 @@ BLOCK = 256 * 1024
 FAST_RETRY = RetryPolicy(attempts=5, base_delay=0.01, max_delay=1.0)
 
 
+@pytest.fixture(autouse=True)
+def every_range_in_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are about the receive path: small ranges take it too (which requests
+    take it is tests/unit/test_http.py's)."""
+    monkeypatch.setattr(RangedInThreads, "BULK", 1)
+
+
 @pytest.fixture
 def proxy(registry: RegistryServer) -> Iterator[FaultProxy]:
     with FaultProxy(registry.url) as server:

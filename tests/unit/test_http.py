@@ -519,8 +519,8 @@ async def test_request_log_is_silent_without_debug(caplog: pytest.LogCaptureFixt
 
 
 async def test_only_ranged_requests_go_through_the_threaded_transport() -> None:
-    """Blob ranges (nearly every byte) through worker threads; manifests, tags and tokens,
-    where latency counts, on the async transport."""
+    """Blob ranges of a MiB or more (nearly every byte) through worker threads; small
+    ranges, manifests, tags and tokens, where latency counts, on the async transport."""
     seen: list[tuple[str, str]] = []
 
     def recorder(name: str) -> httpx.MockTransport:
@@ -532,11 +532,14 @@ async def test_only_ranged_requests_go_through_the_threaded_transport() -> None:
 
     split = RangedInThreads(ranged=recorder("ranged"), other=recorder("other"))
     async with httpx.AsyncClient(transport=split) as client:
-        await client.get("http://127.0.0.1/v2/a/blobs/sha256:1", headers={"Range": "bytes=0-9"})
+        big = f"bytes=0-{RangedInThreads.BULK - 1}"
+        await client.get("http://127.0.0.1/v2/a/blobs/sha256:1", headers={"Range": big})
+        await client.get("http://127.0.0.1/v2/a/blobs/sha256:2", headers={"Range": "bytes=0-9"})
         await client.get("http://127.0.0.1/v2/a/manifests/latest")
         await client.post("http://127.0.0.1/token", data={"scope": "repository:a:pull"})
     assert seen == [
         ("ranged", "/v2/a/blobs/sha256:1"),
+        ("other", "/v2/a/blobs/sha256:2"),  # a config: small, latency counts
         ("other", "/v2/a/manifests/latest"),
         ("other", "/token"),
     ]
