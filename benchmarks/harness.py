@@ -56,6 +56,12 @@ class RegfsMount:
         sizes = self.stats().get("fuse_read_sizes", {})
         return {int(size): int(count) for size, count in sizes.items()}
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU the mount process has used so far (/proc/<pid>/stat)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
+        return (utime + stime) / os.sysconf("SC_CLK_TCK")
+
     def peak_rss(self) -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -69,6 +75,23 @@ class CeilingMount:
 
     data: Path
     read_sizes: dict[int, int]
+
+
+def drop_from_page_cache(directory: Path) -> int:
+    """Drop every file under `directory` from the page cache (after a sync, so none is
+    dirty): a re-read then measures the disk, not RAM. How many files were dropped."""
+    os.sync()
+    dropped = 0
+    for path in directory.rglob("*"):
+        if not path.is_file():
+            continue
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            dropped += 1
+        finally:
+            os.close(fd)
+    return dropped
 
 
 def read_size_of(before: dict[int, int], after: dict[int, int]) -> float:

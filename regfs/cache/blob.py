@@ -19,6 +19,19 @@ class Source(Protocol):
     ) -> None: ...
 
 
+class BlockSink:
+    """What a fetch delivers to: bytes in order, to `deliver`. `piece` (the block size) tells
+    a source that can receive a body into one buffer to hand over whole blocks, so each
+    arrives in one piece and needs no joining."""
+
+    def __init__(self, deliver: Callable[[bytes], Awaitable[None]], piece: int) -> None:
+        self.deliver = deliver
+        self.piece = piece
+
+    async def __call__(self, data: bytes) -> None:
+        await self.deliver(data)
+
+
 @dataclass(frozen=True)
 class BlobRef:
     """What the cache needs to know of a blob."""

@@ -236,17 +236,51 @@ def _write_all(fd: int, data: memoryview) -> None:
 
 
 def read_file(path: Path, tail: int) -> tuple[bytes, bytes]:
-    """The whole file, split before its last `tail` bytes (the trailer): two preads, so the
-    block's bytes are copied once, from the page cache into the bytes returned. (O_DIRECT
-    reads into an aligned buffer were measured too: no faster a remount, as much CPU.)"""
+    """The whole file, split before its last `tail` bytes (the trailer). A large file is
+    read with O_DIRECT into a reused aligned buffer and copied once into the bytes returned:
+    its pages come from the disk by DMA, not through the page cache. With the block files
+    not in RAM (the bench's remount row drops them) the remount cost 1.67 s CPU/GiB instead
+    of 1.93 at the same rate; a buffered pread of a 1 GiB file not in RAM cost 0.5-1.9 s
+    CPU/GiB here, O_DIRECT and the copy 0.16-0.18. Otherwise two preads."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        cut = max(0, os.fstat(fd).st_size - tail)
+        size = os.fstat(fd).st_size
+        cut = max(0, size - tail)
+        if size >= DIRECT_MIN and _O_DIRECT and (read := _read_direct(fd, size, cut)) is not None:
+            return read
         # A block file never changes once renamed into place: a short read is a damaged
         # file (the trailer check says so), never one still being written.
         return _pread_all(fd, cut, 0), os.pread(fd, tail, cut)
     finally:
         os.close(fd)
+
+
+def _read_direct(fd: int, size: int, cut: int) -> tuple[bytes, bytes] | None:
+    """The file's `size` bytes read with O_DIRECT, split at `cut`; None where the file
+    system refuses it or the read came up short, and the caller reads the ordinary way."""
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | _O_DIRECT)
+    except OSError:
+        return None
+    buf = _buffers.take(size)
+    try:
+        view = memoryview(buf)
+        try:
+            # Whole pages, as O_DIRECT reads them: the last one comes back short.
+            got = os.preadv(fd, [view[: _round_up(size)]], 0)
+            if got != size:
+                return None
+            return bytes(view[:cut]), bytes(view[cut:size])
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            return None
+        finally:
+            view.release()
+    finally:
+        _buffers.give(buf)
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags)
 
 
 def _pread_all(fd: int, size: int, offset: int) -> bytes:

@@ -26,7 +26,7 @@ import trio
 from cachetools import LRUCache
 
 from ..errors import IntegrityError, OfflineError
-from .blob import SMALL_BLOB, BlobRef, blocking
+from .blob import SMALL_BLOB, BlobRef, BlockSink, blocking
 from .disk import DiskCache
 from .flights import Flight, Run
 from .readahead import Readahead
@@ -266,6 +266,8 @@ class BlockCache:
             pending.append(chunk)
             pending_bytes += len(chunk)
             while index < stop and pending_bytes >= self._block_length(blob, index):
+                # A whole block in one piece (BlockSink) is neither joined nor sliced: both
+                # give back the same bytes object.
                 joined = b"".join(pending)
                 length = self._block_length(blob, index)
                 data, rest = joined[:length], joined[length:]
@@ -293,7 +295,7 @@ class BlockCache:
             # A readahead run stops when its readers closed (flights.Run.disown): the block
             # it was receiving is dropped, those before it stay.
             with trio.CancelScope() if run is None else run.scope:
-                await blob.source.fetch(start, end, sink)
+                await blob.source.fetch(start, end, BlockSink(sink, self.block_size))
         except Exception as exc:
             for i in range(index, stop):
                 self._land(blob.digest, i, flights[i], exc)
@@ -366,6 +368,12 @@ class BlockCache:
             if state.verified:
                 break  # a verified blob missing a block: only a reader's need refetches it
             chunk_stop = min(ahead.stop, index + self.request_blocks)
+            whole = min(self.request_blocks, max(1, stream.window // self.block_size))
+            if chunk_stop - index < whole and chunk_stop < self.blocks(blob.size):
+                # The window moves a block at a time: wait until a whole request fits, or
+                # every request is one block (twice the requests; the registry's CPU per
+                # GiB rises as its ranges shrink).
+                break
             run = self._start_fetch(blob, index, chunk_stop, background=True)
             if run is not None:
                 stream.owned.adopt(run)

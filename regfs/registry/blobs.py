@@ -10,7 +10,10 @@ ranges go straight to the next URL.
 
 `BlobSource.fetch(start, end, sink)` delivers exactly bytes [start, end) in order. A cut
 connection resumes at the exact next offset; a server that ignores Range is read past the
-bytes before `start`, so a wrong byte is never delivered.
+bytes before `start`, so a wrong byte is never delivered. A sink with a `piece` attribute
+(the cache's block size) is given pieces that end at multiples of it where the transport
+can receive a body into one buffer (httpclient.RECEIVE): a whole block per worker-thread
+call instead of a call per chunk; after a cut, the partial piece, then the rest.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from .http import (
     transport_error,
     url_host,
 )
+from .httpclient import RECEIVE, Receive
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +148,7 @@ class BlobSource:
         position = start
         attempts_without_progress = 0
         policy = self.client.retry
+        piece = getattr(sink, "piece", 0)
         while position < end:
             before = position
 
@@ -155,7 +160,7 @@ class BlobSource:
             try:
                 # A drip-feed must end: allow a floor rate on top of a fixed allowance.
                 with trio.fail_after(self.allowance + (end - position) / self.floor):
-                    await self._fetch_from_places(position, end, counted)
+                    await self._fetch_from_places(position, end, counted, piece)
             except trio.TooSlowError as exc:
                 if position == before:
                     raise TransientError(
@@ -185,7 +190,7 @@ class BlobSource:
                 )
                 await trio.sleep(delay)
 
-    async def _fetch_from_places(self, start: int, end: int, sink: Sink) -> None:
+    async def _fetch_from_places(self, start: int, end: int, sink: Sink, piece: int) -> None:
         delivered = 0
 
         async def counting(data: bytes) -> None:
@@ -208,7 +213,7 @@ class BlobSource:
                 last_error = dead  # asked once already: its answer will not change
                 continue
             try:
-                await self._fetch_place(place, start, end, counting)
+                await self._fetch_place(place, start, end, counting, piece)
                 if place.foreign:
                     self.registry_lacks_it = True
                 return
@@ -251,7 +256,9 @@ class BlobSource:
         elif not place.mirror:
             self.redirect_cache = final
 
-    async def _fetch_place(self, place: _Place, start: int, end: int, sink: Sink) -> None:
+    async def _fetch_place(
+        self, place: _Place, start: int, end: int, sink: Sink, piece: int
+    ) -> None:
         remembered = self._remembered(place)
         if remembered is not None:
             delivered = False
@@ -262,7 +269,7 @@ class BlobSource:
                 await sink(data)
 
             try:
-                await self._fetch_url(place, remembered, start, end, tracking, direct=True)
+                await self._fetch_url(place, remembered, start, end, tracking, piece, direct=True)
                 return
             except RegistryError as exc:
                 # Any failure before a byte arrived (expired signature as 400/403/410, a dead
@@ -271,10 +278,18 @@ class BlobSource:
                     raise
                 log.info("blob %s: remembered URL answered %s; asking again", self.digest[:19], exc)
                 self._remember(place, None)
-        await self._fetch_url(place, place.url, start, end, sink, direct=False)
+        await self._fetch_url(place, place.url, start, end, sink, piece, direct=False)
 
     async def _fetch_url(
-        self, place: _Place, url: httpx.URL, start: int, end: int, sink: Sink, *, direct: bool
+        self,
+        place: _Place,
+        url: httpx.URL,
+        start: int,
+        end: int,
+        sink: Sink,
+        piece: int,
+        *,
+        direct: bool,
     ) -> None:
         headers = {"Range": f"bytes={start}-{end - 1}", "Accept-Encoding": "identity"}
         check = self.policy.check if place.foreign else None
@@ -296,6 +311,18 @@ class BlobSource:
                 self._remember(place, response.url)  # the CDN a registry or fwlink sent us to
             host = url_host(response.url)
             skip = self._check_range(response, start, end, host)
+            receive: Receive | None = response.extensions.get(RECEIVE)
+            if receive is not None and piece > 0:
+                position = await self._receive_pieces(
+                    receive, start, end, skip, piece, sink, what=what, host=host
+                )
+                if position >= end:
+                    return
+                raise TransientError(
+                    f"{what} at {host}: connection closed at {position} of range {start}-{end}",
+                    host=host,
+                    digest=self.digest,
+                )
             position = start
             try:
                 async for chunk in response.aiter_raw():
@@ -321,6 +348,43 @@ class BlobSource:
                 host=host,
                 digest=self.digest,
             )
+
+    async def _receive_pieces(
+        self,
+        receive: Receive,
+        start: int,
+        end: int,
+        skip: int,
+        piece: int,
+        sink: Sink,
+        *,
+        what: str,
+        host: str,
+    ) -> int:
+        """Bytes [start, end) of the body (after `skip` bytes the server sent unasked), one
+        piece per call, each ending at a multiple of `piece`; where they stopped."""
+        stats = self.client.stats.bytes_by_host
+        while skip:
+            data, error = await receive(min(skip, piece))
+            stats[host] += len(data)
+            skip -= len(data)
+            if error is not None:
+                raise transport_error(error, what, host=host, digest=self.digest) from error
+            if not data:
+                return start
+        position = start
+        while position < end:
+            wanted = min(end, (position // piece + 1) * piece) - position
+            data, error = await receive(wanted)
+            stats[host] += len(data)
+            if data:
+                position += len(data)
+                await sink(data)  # a partial piece too: the resume starts right after it
+            if error is not None:
+                raise transport_error(error, what, host=host, digest=self.digest) from error
+            if len(data) < wanted:
+                break  # the body ended
+        return position
 
     def _check_range(self, response: httpx.Response, start: int, end: int, host: str) -> int:
         """How many leading bytes to skip; raise if the response cannot hold our range."""

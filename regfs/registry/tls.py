@@ -123,16 +123,20 @@ def _load(context: ssl.SSLContext, *, cafile: str | None = None, capath: str | N
 
 
 def verification_failure(exc: BaseException) -> str | None:
-    """The reason a connect failed certificate verification, or None if it did not."""
+    """The reason a connect failed certificate verification, or None if it did not. The
+    SSL error's own verify_message first, wherever it is along the causes: httpx's sync
+    transport copies its text (with OpenSSL's words around it) into the errors above it."""
+    chain: list[BaseException] = []
     seen: BaseException | None = exc
-    for _ in range(12):
-        if seen is None:
-            return None
+    while seen is not None and len(chain) < 12:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    for seen in chain:
         if isinstance(seen, ssl.SSLCertVerificationError):
             return seen.verify_message or _ssl_text(seen) or "certificate verify failed"
+    for seen in chain:
         if "CERTIFICATE_VERIFY_FAILED" in str(seen):
             return _ssl_text(seen) or "certificate verify failed"
-        seen = seen.__cause__ or seen.__context__
     return None
 
 

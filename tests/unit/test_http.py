@@ -42,7 +42,7 @@ from regfs.registry.http import (
     tune_read_size,
     url_host,
 )
-from regfs.registry.httpclient import make_http_client
+from regfs.registry.httpclient import RangedInThreads, make_http_client
 from tests.unit.certs import SELF_SIGNED, untrusted_connect
 from tests.unit.mock_http import chunks
 
@@ -516,3 +516,30 @@ async def test_request_log_is_silent_without_debug(caplog: pytest.LogCaptureFixt
     finally:
         await client.aclose()
     assert not [r for r in caplog.records if r.name == "regfs.registry.httpclient"]
+
+
+async def test_only_ranged_requests_go_through_the_threaded_transport() -> None:
+    """Blob ranges of a MiB or more (nearly every byte) through worker threads; small
+    ranges, manifests, tags and tokens, where latency counts, on the async transport."""
+    seen: list[tuple[str, str]] = []
+
+    def recorder(name: str) -> httpx.MockTransport:
+        def handler(request: httpx.Request) -> httpx.Response:
+            seen.append((name, request.url.path))
+            return httpx.Response(200, content=b"x")
+
+        return httpx.MockTransport(handler)
+
+    split = RangedInThreads(ranged=recorder("ranged"), other=recorder("other"))
+    async with httpx.AsyncClient(transport=split) as client:
+        big = f"bytes=0-{RangedInThreads.BULK - 1}"
+        await client.get("http://127.0.0.1/v2/a/blobs/sha256:1", headers={"Range": big})
+        await client.get("http://127.0.0.1/v2/a/blobs/sha256:2", headers={"Range": "bytes=0-9"})
+        await client.get("http://127.0.0.1/v2/a/manifests/latest")
+        await client.post("http://127.0.0.1/token", data={"scope": "repository:a:pull"})
+    assert seen == [
+        ("ranged", "/v2/a/blobs/sha256:1"),
+        ("other", "/v2/a/blobs/sha256:2"),  # a config: small, latency counts
+        ("other", "/v2/a/manifests/latest"),
+        ("other", "/token"),
+    ]
