@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         "--keep", action="store_true", help="leave the demo mounted until Ctrl-C, to explore"
     )
     args = parser.parse_args(argv)
+    # Line by line even into a pipe (`scripts/demo | tee`), in order with the commands' output.
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     with tempfile.TemporaryDirectory(prefix="regfs-demo-") as tmp:
         work = Path(tmp)
         with CDNServer() as cdn, start_registry(work / "registry") as registry:

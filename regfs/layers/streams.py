@@ -27,25 +27,11 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 GZIP_MAGIC = b"\x1f\x8b"
 
 
-class BlobFile(io.RawIOBase):
-    def __init__(
-        self,
-        cache: BlockCache,
-        blob: BlobRef,
-        *,
-        on_bytes: Callable[[int, bytes], None] | None = None,
-        token: trio.lowlevel.TrioToken | None = None,
-    ) -> None:
-        self.cache = cache
-        self.token = token  # given: read from a thread trio did not start
-        self.blob = blob
-        self.position = 0
-        self.furthest = 0  # bytes of the blob read so far (progress)
-        self.on_bytes = on_bytes  # (offset, bytes) of each refill, in order
-        self._buffer = b""
-        self._buffer_at = 0
-        # Refills go block by block: one cache call each, no block split over two.
-        self._refill = max(CHUNK, cache.block_size)
+class _Seekable(io.RawIOBase):
+    """A readable file of `size` bytes whose reads start at `position`."""
+
+    size = 0
+    position = 0
 
     def readable(self) -> bool:
         return True
@@ -57,9 +43,31 @@ class BlobFile(io.RawIOBase):
         return self.position
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.blob.size}[whence]
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.size}[whence]
         self.position = max(0, base + offset)
         return self.position
+
+
+class BlobFile(_Seekable):
+    def __init__(
+        self,
+        cache: BlockCache,
+        blob: BlobRef,
+        *,
+        on_bytes: Callable[[int, bytes], None] | None = None,
+        token: trio.lowlevel.TrioToken | None = None,
+    ) -> None:
+        self.cache = cache
+        self.token = token  # given: read from a thread trio did not start
+        self.blob = blob
+        self.size = blob.size
+        self.position = 0
+        self.furthest = 0  # bytes of the blob read so far (progress)
+        self.on_bytes = on_bytes  # (offset, bytes) of each refill, in order
+        self._buffer = b""
+        self._buffer_at = 0
+        # Refills go block by block: one cache call each, no block split over two.
+        self._refill = max(CHUNK, cache.block_size)
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
         if self.position >= self.blob.size:
@@ -102,7 +110,7 @@ class BlobFile(io.RawIOBase):
         self._buffer, self._buffer_at = data, start
 
 
-class WindowFile(io.RawIOBase):
+class WindowFile(_Seekable):
     """A blob of which only [start, start+len(data)) is readable; below it is an error, above
     it the end of the file (a span's end is where its inflation stops)."""
 
@@ -114,20 +122,6 @@ class WindowFile(io.RawIOBase):
 
     def show(self, start: int, data: bytes) -> None:
         self.start, self.data = start, data
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.position
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.size}[whence]
-        self.position = max(0, base + offset)
-        return self.position
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
         at = self.position - self.start

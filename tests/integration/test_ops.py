@@ -85,6 +85,11 @@ def test_prefetch_reads_a_whole_image_so_later_reads_fetch_nothing(
         for path in layer_paths(image_dir, seeded.hello):
             assert f"done   {path}" in result.stdout
         assert "prefetched 5 of 5 files" in result.stdout
+        # Then rootfs/ is listed: the layer indexes are built ahead of use.
+        assert f"indexed {image_dir / 'rootfs'}" in result.stdout
+        assert "indexed 1 of 1 image trees (rootfs/)" in result.stdout
+        indexes = m.stats()["layer_indexes"]
+        assert isinstance(indexes, dict) and indexes["built"] == len(seeded.hello.layers)
 
         assert verified_digests(m.cache_dir) >= {layer.digest for layer in seeded.hello.layers}
         before = m.stats()
@@ -92,6 +97,11 @@ def test_prefetch_reads_a_whole_image_so_later_reads_fetch_nothing(
         after = m.stats()
         assert after["bytes_fetched_by_host"] == before["bytes_fetched_by_host"]
         assert after["cache"]["misses"] == before["cache"]["misses"]  # type: ignore[index]
+        # A file inside the image, from the prefetched indexes: nothing fetched, none built.
+        assert (image_dir / "rootfs" / "etc" / "hostname").read_bytes() == b"hello-v2\n"
+        final = m.stats()
+        assert final["bytes_fetched_by_host"] == before["bytes_fetched_by_host"]
+        assert final["layer_indexes"]["built"] == len(seeded.hello.layers)  # type: ignore[index]
 
 
 def test_prefetch_of_a_repository_reads_each_shared_layer_once(
