@@ -67,6 +67,9 @@ def wait_for_interrupt(mnt: Path) -> None:
             signal.pause()
     except KeyboardInterrupt:
         print()
+    # A second Ctrl-C (or the signal a wrapper forwards) must not cut the unmount short.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def main(argv: list[str] | None = None) -> int:
