@@ -248,12 +248,15 @@ def build(
     try:
         if head.startswith(GZIP_MAGIC):
             return _build_gzip(blob_file, span_bytes)
+        blob_file.release = True  # the one reader of the blob: nothing reads it again
         if head.startswith(ZSTD_MAGIC):
             return _build_zstd(blob_file, span_bytes, flat_copy() if flat_copy else None)
         entries, diff_id, size = scan(lambda: blob_file.read(PIECE) or b"")
         return LayerIndex(blob_file.blob.digest, entries, Format.TAR, diff_id, size)
     except (zlib.error, zstandard.ZstdError, indexed_gzip.ZranError, EOFError) as e:
         raise IntegrityError(f"layer {blob_file.blob.digest}: {e}") from e
+    finally:
+        blob_file.close_stream()
 
 
 def _build_gzip(blob_file: BlobFile, span_bytes: int) -> LayerIndex:
@@ -265,7 +268,10 @@ def _build_gzip(blob_file: BlobFile, span_bytes: int) -> LayerIndex:
     hasher = SpanHasher(overlap=1)
     members = GzipMembers(blob_file)
     token = trio.from_thread.run_sync(trio.lowlevel.current_trio_token)
-    trailing = BlobFile(blob_file.cache, blob_file.blob, on_bytes=hasher.feed, token=token)
+    # The trailing reader is the blocks' last: it drops them from memory as it passes.
+    trailing = BlobFile(
+        blob_file.cache, blob_file.blob, on_bytes=hasher.feed, token=token, release=True
+    )
     indexer = ZranIndexer(trailing, hasher, span_bytes, lambda: members.produced)
     indexer.start()
     try:
