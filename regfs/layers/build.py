@@ -33,7 +33,10 @@ from .entries import ENCODING, ERRORS, entry_of
 from .index import Format, LayerIndex, Span
 from .streams import GZIP_MAGIC, ZSTD_MAGIC, BlobFile, GzipMembers, ZstdFrames
 
-TAR_BUFFER = 1 << 20
+# tarfile's stream mode copies what is left of its buffer on every read, a 512-byte header's
+# too: with 1 MiB, a layer of small files spent more time there than parsing (measured: 200
+# MB of 20 000 files, 3.95 s with 1 MiB, 1.71 s with 64 KiB).
+TAR_BUFFER = 64 << 10
 # Uncompressed bytes handed from the decompressing thread to tarfile's at a time.
 PIECE = 4 << 20
 # How far zran's index grows at a time, behind the stream inflated for tarfile: each growth
