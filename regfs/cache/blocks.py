@@ -136,6 +136,17 @@ class BlockCache:
         data = await self.read_buffer(blob, offset, size, stream)
         return data if isinstance(data, bytes) else bytes(data)
 
+    def release(self, blob: BlobRef, index: int) -> None:
+        """A one-pass reader (an index build) is done with this block: drop it from memory if
+        the disk holds it, so a layer streamed once does not fill the memory LRU."""
+        key = (blob.digest, index)
+        if (
+            self.disk is not None
+            and key not in self.flights
+            and self.disk.has_block(blob.digest, index, blob.registry)
+        ):
+            self.memory.pop(key, None)
+
     async def read_buffer(
         self, blob: BlobRef, offset: int, size: int, stream: ReadStream | None = None
     ) -> bytes | memoryview:

@@ -33,7 +33,10 @@ from .entries import ENCODING, ERRORS, entry_of
 from .index import Format, LayerIndex, Span
 from .streams import GZIP_MAGIC, ZSTD_MAGIC, BlobFile, GzipMembers, ZstdFrames
 
-TAR_BUFFER = 1 << 20
+# tarfile's stream mode copies what is left of its buffer on every read, a 512-byte header's
+# too: with 1 MiB, a layer of small files spent more time there than parsing (measured: 200
+# MB of 20 000 files, 3.95 s with 1 MiB, 1.71 s with 64 KiB).
+TAR_BUFFER = 64 << 10
 # Uncompressed bytes handed from the decompressing thread to tarfile's at a time.
 PIECE = 4 << 20
 # How far zran's index grows at a time, behind the stream inflated for tarfile: each growth
@@ -248,12 +251,15 @@ def build(
     try:
         if head.startswith(GZIP_MAGIC):
             return _build_gzip(blob_file, span_bytes)
+        blob_file.release = True  # the one reader of the blob: nothing reads it again
         if head.startswith(ZSTD_MAGIC):
             return _build_zstd(blob_file, span_bytes, flat_copy() if flat_copy else None)
         entries, diff_id, size = scan(lambda: blob_file.read(PIECE) or b"")
         return LayerIndex(blob_file.blob.digest, entries, Format.TAR, diff_id, size)
     except (zlib.error, zstandard.ZstdError, indexed_gzip.ZranError, EOFError) as e:
         raise IntegrityError(f"layer {blob_file.blob.digest}: {e}") from e
+    finally:
+        blob_file.close_stream()
 
 
 def _build_gzip(blob_file: BlobFile, span_bytes: int) -> LayerIndex:
@@ -265,7 +271,10 @@ def _build_gzip(blob_file: BlobFile, span_bytes: int) -> LayerIndex:
     hasher = SpanHasher(overlap=1)
     members = GzipMembers(blob_file)
     token = trio.from_thread.run_sync(trio.lowlevel.current_trio_token)
-    trailing = BlobFile(blob_file.cache, blob_file.blob, on_bytes=hasher.feed, token=token)
+    # The trailing reader is the blocks' last: it drops them from memory as it passes.
+    trailing = BlobFile(
+        blob_file.cache, blob_file.blob, on_bytes=hasher.feed, token=token, release=True
+    )
     indexer = ZranIndexer(trailing, hasher, span_bytes, lambda: members.produced)
     indexer.start()
     try:

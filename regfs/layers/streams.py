@@ -15,12 +15,14 @@ import io
 import struct
 import zlib
 from collections.abc import Callable
+from typing import Any
 
 import trio
 import zstandard
 
 from ..cache.blob import BlobRef
 from ..cache.blocks import BlockCache
+from ..cache.readahead import ReadStream
 
 CHUNK = 1 << 20
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -56,8 +58,15 @@ class BlobFile(_Seekable):
         *,
         on_bytes: Callable[[int, bytes], None] | None = None,
         token: trio.lowlevel.TrioToken | None = None,
+        stream: ReadStream | None = None,
+        release: bool = False,
     ) -> None:
         self.cache = cache
+        # A stream: the cache reads ahead of this reader (fetches overlap the inflation).
+        self.stream = stream
+        # Release: each block read is dropped from the cache's memory once passed (the disk
+        # tier keeps it), so one pass over a big layer does not fill the memory LRU.
+        self.release = release
         self.token = token  # given: read from a thread trio did not start
         self.blob = blob
         self.size = blob.size
@@ -95,12 +104,7 @@ class BlobFile(_Seekable):
     def _fill(self) -> None:
         start = self.position - self.position % self._refill
         size = min(self._refill, self.blob.size - start)
-        if self.token is None:
-            data = trio.from_thread.run(self.cache.read, self.blob, start, size)
-        else:
-            data = trio.from_thread.run(
-                self.cache.read, self.blob, start, size, trio_token=self.token
-            )
+        data = self._call(self._read, start, size)
         if len(data) != size:
             raise OSError(f"short read of {self.blob.digest} at {start}")
         if self.on_bytes is not None and start + size > self.furthest:
@@ -108,6 +112,28 @@ class BlobFile(_Seekable):
             self.on_bytes(start + skip, data[skip:])
         self.furthest = max(self.furthest, start + size)
         self._buffer, self._buffer_at = data, start
+
+    def close_stream(self) -> None:
+        """Stop what the cache fetches ahead of this reader (called once the pass ends)."""
+        if self.stream is not None:
+            self._call(self._close_stream)
+
+    def _call(self, function: Callable[..., Any], *args: Any) -> Any:
+        if self.token is None:
+            return trio.from_thread.run(function, *args)
+        return trio.from_thread.run(function, *args, trio_token=self.token)
+
+    async def _read(self, start: int, size: int) -> bytes:
+        if self.release and self._buffer:  # the buffer's blocks have been passed
+            block = self.cache.block_size
+            first = self._buffer_at // block
+            for index in range(first, (self._buffer_at + len(self._buffer) - 1) // block + 1):
+                self.cache.release(self.blob, index)
+        return await self.cache.read(self.blob, start, size, self.stream)
+
+    async def _close_stream(self) -> None:
+        assert self.stream is not None
+        self.cache.close_stream(self.stream)
 
 
 class WindowFile(_Seekable):

@@ -9,11 +9,14 @@ from pathlib import Path
 import pytest
 import trio
 
+from regfs.cache.blocks import BlockCache
 from regfs.cache.disk import DiskCache
 from regfs.errors import IntegrityError
 from regfs.layers import Format, LayerFiles, LayerIndex
+from regfs.layers.streams import CHUNK
 from regfs.oci.entry import Entry, EntryKind
 from tests.unit.test_layer_support import (
+    BLOCK,
     SPAN,
     Source,
     blob_of,
@@ -313,3 +316,23 @@ async def test_an_evicted_copy_is_made_again_and_orphans_are_removed(
                 nursery.start_soon(files.read, blob, index, entry, 1000, 200_000)
         assert await files.read(blob, index, entry, 0, entry.size) == expected_files(tar)["big"]
         assert copy.exists()
+
+
+@pytest.mark.parametrize("how", ["gzip", "zstd-frames", "tar"])
+async def test_the_build_leaves_the_layer_on_disk_not_in_memory(
+    tars: dict[str, bytes], tmp_path: Path, how: str
+) -> None:
+    """One pass over a layer: each block fetched once, then dropped from the memory LRU (the
+    disk tier has it), however much memory the cache has."""
+    data = compress(tars["posix"], how, tmp_path)
+    source = Source(data)
+    blob = blob_of(data, source)
+    disk = DiskCache(tmp_path / "cache", max_bytes=1 << 30)
+    cache = BlockCache(disk=disk, block_size=BLOCK, memory_bytes=64 << 20)
+    async with cache.running():
+        await layer_files(cache, disk).index(blob, digest(tars["posix"]))
+        kept = sum(len(v) for k, v in cache.memory.items() if k[0] == blob.digest)
+        assert kept <= CHUNK < len(data) // 2  # the last refill's blocks at most
+        assert source.sent == len(data)
+        assert cache.is_verified(blob.digest)
+        assert disk.has_block(blob.digest, 0, blob.registry)
