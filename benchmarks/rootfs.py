@@ -255,7 +255,7 @@ def rootfs(bench: Bench) -> list[Row]:
         f"index build, {label} (first ls rootfs/)",
         "MiB/s",
         build,
-        "curl | gzip -dc | tar t",
+        "pipeline curl, gzip -dc, tar t",
         build_ref,
     )
     row.judge(">=", 0.8)
