@@ -22,12 +22,9 @@ from pathlib import Path
 from benchmarks import MiB, log
 from benchmarks.harness import Bench, RegfsMount, timed
 from benchmarks.report import Row
-from benchmarks.world import TAG, LayerFile, upload_file
+from benchmarks.world import TAG, LayerFile, layer_config, layer_manifest, upload_file
 from tests.fixtures.images import (
-    DOCKER_CONFIG,
-    DOCKER_LAYER,
     DOCKER_MANIFEST,
-    default_config,
     push_blob,
     put_manifest,
     registry_client,
@@ -50,24 +47,11 @@ class TreeWorld:
 
     @property
     def config(self) -> bytes:
-        return json.dumps(default_config([self.layer.diff_id]), separators=(",", ":")).encode()
+        return layer_config(self.layer)
 
     @property
     def manifest(self) -> bytes:
-        config = self.config
-        document = {
-            "schemaVersion": 2,
-            "mediaType": DOCKER_MANIFEST,
-            "config": {
-                "mediaType": DOCKER_CONFIG,
-                "size": len(config),
-                "digest": sha256_digest(config),
-            },
-            "layers": [
-                {"mediaType": DOCKER_LAYER, "size": self.layer.size, "digest": self.layer.digest}
-            ],
-        }
-        return json.dumps(document, indent=3).encode()
+        return layer_manifest(self.config, self.layer)
 
 
 def _stage(staging: Path, big_bytes: int) -> None:

@@ -111,11 +111,13 @@ def _manifest(config: bytes, layers: Sequence[dict[str, Any]]) -> bytes:
     return json.dumps(document, indent=3).encode()
 
 
-def _config(layer: LayerFile) -> bytes:
+def layer_config(layer: LayerFile) -> bytes:
+    """A minimal image config for a one-layer image."""
     return json.dumps(default_config([layer.diff_id]), separators=(",", ":")).encode()
 
 
-def _big_manifest(config: bytes, big: LayerFile) -> bytes:
+def layer_manifest(config: bytes, big: LayerFile) -> bytes:
+    """The manifest of a one-layer image."""
     return _manifest(config, [{"mediaType": DOCKER_LAYER, "size": big.size, "digest": big.digest}])
 
 
@@ -130,8 +132,8 @@ def load_world(base: Path, size: int, foreign_size: int) -> World:
             Path(x.path).is_file() and Path(x.path).stat().st_size == x.size for x in (big, foreign)
         ):
             log(f"world: cached in {directory}")
-            config = _config(big)
-            return World(directory, big, foreign, _big_manifest(config, big), config)
+            config = layer_config(big)
+            return World(directory, big, foreign, layer_manifest(config, big), config)
     log(f"world: generating {size / MiB:.0f} MiB + {foreign_size / MiB:.0f} MiB of random layers")
     started = time.monotonic()
     shutil.rmtree(directory, ignore_errors=True)
@@ -140,8 +142,8 @@ def load_world(base: Path, size: int, foreign_size: int) -> World:
     foreign = write_layer(directory / "cdn" / "foreign.tar.gz", foreign_size, "foreign.bin")
     index.write_text(json.dumps({"big": asdict(big), "foreign": asdict(foreign)}, indent=2))
     log(f"world: generated in {time.monotonic() - started:.1f} s")
-    config = _config(big)
-    return World(directory, big, foreign, _big_manifest(config, big), config)
+    config = layer_config(big)
+    return World(directory, big, foreign, layer_manifest(config, big), config)
 
 
 def upload_file(client: httpx.Client, repo: str, layer: LayerFile) -> None:
@@ -185,7 +187,7 @@ def publish_big(registry: RegistryServer, world: World) -> None:
 def publish_foreign(registry: RegistryServer, world: World, url: str) -> None:
     """Push the image whose only layer is foreign (at `url`, the CDN): cheap, done every run
     because the CDN's port is in the manifest."""
-    config = _config(world.foreign)
+    config = layer_config(world.foreign)
     layer = {
         "mediaType": DOCKER_FOREIGN_LAYER,
         "size": world.foreign.size,

@@ -316,13 +316,9 @@ class BlobSource:
                 position = await self._receive_pieces(
                     receive, start, end, skip, piece, sink, what=what, host=host
                 )
-                if position >= end:
-                    return
-                raise TransientError(
-                    f"{what} at {host}: connection closed at {position} of range {start}-{end}",
-                    host=host,
-                    digest=self.digest,
-                )
+                if position < end:
+                    raise self._cut(what, host, position, start, end)
+                return
             position = start
             try:
                 async for chunk in response.aiter_raw():
@@ -341,13 +337,16 @@ class BlobSource:
             except httpx.HTTPError as exc:
                 raise transport_error(exc, what, host=host, digest=self.digest) from exc
             # A 206 is read to its end, so its connection goes back to the pool for reuse.
-            if position >= end:
-                return
-            raise TransientError(
-                f"{what} at {host}: connection closed at {position} of range {start}-{end}",
-                host=host,
-                digest=self.digest,
-            )
+            if position < end:
+                raise self._cut(what, host, position, start, end)
+
+    def _cut(self, what: str, host: str, position: int, start: int, end: int) -> TransientError:
+        """A body that ended before its range did: resumed from `position` by fetch()."""
+        return TransientError(
+            f"{what} at {host}: connection closed at {position} of range {start}-{end}",
+            host=host,
+            digest=self.digest,
+        )
 
     async def _receive_pieces(
         self,
