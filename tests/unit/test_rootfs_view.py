@@ -24,11 +24,11 @@ from regfs.layers.entries import entry_of
 from regfs.oci import manifest as mf
 from regfs.oci.entry import Entry
 from regfs.vfs.fuse import Operations, errno_for
-from regfs.vfs.nodes import Dir, File, Kind, Node, StaticDir, Symlink
+from regfs.vfs.nodes import Dir, Kind, Node, StaticDir, Symlink
 from regfs.vfs.table import ROOT_INODE, InodeTable
-from regfs.views.registry import Options, RootDir
 from regfs.views.rootfs import diff_ids_of, rootfs_views
 from tests.unit.fakes import FakeImage, FakeStore
+from tests.unit.test_views import View
 
 AMD64 = mf.Platform("linux", "amd64", "")
 CREATED = 1700000000.0
@@ -157,41 +157,15 @@ async def cache() -> AsyncIterator[BlockCache]:
         yield cache
 
 
-class Tree:
+class Tree(View):
+    """One image, app:v1, with rootfs/ and layers/<digest>/ over the fake layer reader."""
+
     def __init__(self, cache: BlockCache, image: FakeImage) -> None:
-        self.store = FakeStore(repos=["app"])
-        self.store.add("app", "v1", image)
+        store = FakeStore(repos=["app"])
+        store.add("app", "v1", image)
         self.image = image
         self.layers = FakeLayers(cache)
-        root = RootDir(
-            self.store,
-            cache,
-            Options(platform=AMD64),
-            image_views=[rootfs_views(self.layers)],
-            started=1000.0,
-        )
-        self.table = InodeTable(root)
-        self.root = root
-
-    async def walk(self, path: str) -> Node:
-        node: Node = self.root
-        for name in path.split("/"):
-            if name:
-                node = await self.table.lookup(node.inode, name)
-        return node
-
-    async def names(self, path: str) -> list[str]:
-        node = await self.walk(path)
-        return [name for name, _ in await self.table.listdir(node.inode)]
-
-    async def read(self, path: str, offset: int = 0, size: int = 1 << 20) -> bytes:
-        node = await self.walk(path)
-        assert isinstance(node, File)
-        fh, _ = await self.table.open(node.inode)
-        try:
-            return bytes(await self.table.read(fh, offset, size))
-        finally:
-            self.table.release(fh)
+        super().__init__(store, cache, image_views=[rootfs_views(self.layers)])
 
 
 def digest_of(layer: bytes) -> str:

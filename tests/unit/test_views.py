@@ -64,12 +64,13 @@ class View:
         node = await self.walk(path)
         return [name for name, _ in await self.table.listdir(node.inode)]
 
-    async def read(self, path: str) -> bytes:
+    async def read(self, path: str, offset: int = 0, size: int | None = None) -> bytes:
+        """`size` bytes from `offset` (the whole file by default)."""
         node = await self.walk(path)
         assert isinstance(node, File)
         fh, _ = await self.table.open(node.inode)
         try:
-            return await self.table.read(fh, 0, node.size + 1)
+            return bytes(await self.table.read(fh, offset, node.size + 1 if size is None else size))
         finally:
             self.table.release(fh)
 
