@@ -21,9 +21,10 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from . import cachectl, prefetch, status
+from .compose import MountConfig
 from .dirs import default_cache_dir
 from .errors import RegfsError
-from .mount import MountConfig, run, unmount
+from .mount import run, unmount
 from .oci.platform import host_platform_default, parse_platform
 from .registry.tls import check_ca_file
 from .views.registry import Options

@@ -14,8 +14,8 @@ from typing import Any
 import pyfuse3
 import pytest
 
+from regfs.compose import MountConfig, build_services, make_tree
 from regfs.errors import AuthError, NotFoundError
-from regfs.mount import MountConfig, build_services, make_tree
 from regfs.oci.platform import parse_platform
 from regfs.registry.client import Stats
 from regfs.vfs import fuse as fs

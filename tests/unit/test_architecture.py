@@ -26,6 +26,7 @@ LAYERS: dict[str, int] = {
     "views": 6,
     "vfs": 6,  # beside views: views build vfs nodes; vfs knows nothing of views
     "mount": 7,
+    "compose": 7,
     "dirs": 0,
     "cachectl": 7,
     "prefetch": 7,

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from regfs import mount
+from regfs import compose
 from regfs.cache import BlockCache
 from regfs.oci import layout as oci_layout
 from regfs.oci import manifest as mf
@@ -152,7 +152,7 @@ async def read_at(file: File, offset: int, size: int) -> bytes:
 
 
 def test_the_archives_are_wired_into_image_directories() -> None:
-    assert archive.archive_entries in mount.IMAGE_VIEWS
+    assert archive.archive_entries in compose.IMAGE_VIEWS
 
 
 async def test_image_tar_is_a_docker_archive_and_an_oci_archive(
