@@ -16,6 +16,8 @@ from ..oci.entry import Entry, EntryKind
 ENCODING = "utf-8"
 ERRORS = "surrogateescape"
 XATTR_PREFIX = "SCHILY.xattr."
+# Dropped as umoci drops them on unpack: host-specific, never meant to travel in an image.
+IGNORED_XATTRS = frozenset({"security.selinux", "system.nfs4_acl"})
 
 _KINDS = {
     tarfile.REGTYPE: EntryKind.FILE,
@@ -69,7 +71,7 @@ def entry_of(member: tarfile.TarInfo) -> Entry | None:
     xattrs = tuple(
         (key[len(XATTR_PREFIX) :], value.encode(ENCODING, ERRORS))
         for key, value in member.pax_headers.items()
-        if key.startswith(XATTR_PREFIX)
+        if key.startswith(XATTR_PREFIX) and key[len(XATTR_PREFIX) :] not in IGNORED_XATTRS
     )
     if kind is EntryKind.HARDLINK:
         linkname = clean_path(member.linkname)

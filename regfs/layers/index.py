@@ -22,7 +22,7 @@ from ..oci.entry import Entry, EntryKind
 
 KIND = "layer-index"  # the disk cache's derived kind
 FLAT_KIND = "layer-tar"  # a single-frame zstd layer, decompressed once (see Format.ZSTD)
-FORMAT_VERSION = 2  # 2: mtimes in exact nanoseconds
+FORMAT_VERSION = 3  # 2: mtimes in exact nanoseconds; 3: umoci's ignored xattrs dropped
 MAGIC = b"regfs layer index\n"
 
 
@@ -136,20 +136,24 @@ def _entry_fields(e: Entry) -> list[Any]:
     ]
 
 
+_KINDS = {kind.value: kind for kind in EntryKind}
+
+
 def _entry_from(f: list[Any]) -> Entry:
+    # Positional and without the enum's call: a remount's first listing loads every entry.
     path, kind, mode, uid, gid, mtime_ns, size, linkname, major, minor, xattrs, offset, sparse = f
     return Entry(
-        path=path,
-        kind=EntryKind(kind),
-        mode=mode,
-        uid=uid,
-        gid=gid,
-        mtime_ns=mtime_ns,
-        size=size,
-        linkname=linkname,
-        devmajor=major,
-        devminor=minor,
-        xattrs=tuple((name, base64.b64decode(value)) for name, value in xattrs),
-        offset=offset,
-        sparse=None if sparse is None else tuple((a, b) for a, b in sparse),
+        path,
+        _KINDS[kind],
+        mode,
+        uid,
+        gid,
+        mtime_ns,
+        size,
+        linkname,
+        major,
+        minor,
+        tuple((name, base64.b64decode(value)) for name, value in xattrs) if xattrs else (),
+        offset,
+        None if sparse is None else tuple((a, b) for a, b in sparse),
     )

@@ -21,9 +21,10 @@ class EntryKind(enum.Enum):
     FIFO = "fifo"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Entry:
-    """A tar entry. `path` is normalised: relative, '/'-separated, without '.', '..' or
+    """A tar entry, a value never changed once made (not frozen: a frozen dataclass's
+    __init__ costs 2.2 µs, a plain one 0.3, and an index load makes 20 000 of them). `path` is normalised: relative, '/'-separated, without '.', '..' or
     empty components ('' is the layer's root directory); bytes that are not UTF-8 are kept
     as surrogate escapes (`os.fsencode(path)` gives the tar's bytes back)."""
 

@@ -111,6 +111,9 @@ class _Builder:
         self.whiteouts = whiteouts
         self.root = self._implicit_dir("")
         self.upper: set[str] = set()  # paths this layer has added, and their ancestors
+        # A directory path as a tar names it → its real path and node. Valid while nodes are
+        # only added (most entries): cleared when one is replaced, removed or a root changes.
+        self.parents: dict[str, tuple[list[str], TreeNode]] = {}
 
     def _implicit_dir(self, path: str) -> TreeNode:
         entry = Entry(path, EntryKind.DIR, IMPLICIT_MODE, 0, 0, self.implicit_mtime_ns)
@@ -118,8 +121,24 @@ class _Builder:
 
     def apply_layer(self, number: int, entries: Iterable[Entry]) -> None:
         self.upper = set()
+        self.parents.clear()
         for entry in entries:
             self._apply(number, entry)
+
+    def _parent(self, above: str) -> tuple[list[str], TreeNode | None] | None:
+        """The real path and directory node of an entry's parent, as tar names it; None: a
+        symlink loop. The node is None when a non-directory is in the way."""
+        known = self.parents.get(above)
+        if known is not None:
+            return known
+        real = self._resolve(above.split("/") if above else [])
+        if real is None:
+            return None
+        parent = self._make_dirs(real)
+        if parent is None:
+            return real, None
+        self.parents[above] = (real, parent)
+        return real, parent
 
     def _apply(self, layer: int, entry: Entry) -> None:
         if not entry.path:  # the root itself: umoci takes only a directory's attributes
@@ -128,15 +147,20 @@ class _Builder:
             else:
                 log.warning("layer %d: a root entry of type %s left out", layer, entry.kind.value)
             return
-        *above, name = entry.path.split("/")
-        real = self._resolve(above)
-        if real is None:
-            log.warning("layer %d: %r: symlink loop above it, left out", layer, entry.path)
-            return
+        above, _, name = entry.path.rpartition("/")
         if self.whiteouts and name.startswith(WHITEOUT_PREFIX):
+            real = self._resolve(above.split("/") if above else [])
+            if real is None:
+                log.warning("layer %d: %r: symlink loop above it, left out", layer, entry.path)
+                return
+            self.parents.clear()
             self._white_out(real, name)
             return
-        parent = self._make_dirs(real)
+        found = self._parent(above)
+        if found is None:
+            log.warning("layer %d: %r: symlink loop above it, left out", layer, entry.path)
+            return
+        real, parent = found
         if parent is None or parent.children is None:
             log.warning("layer %d: %r: a non-directory above it, left out", layer, entry.path)
             return
@@ -144,7 +168,8 @@ class _Builder:
         if existing is not None and existing.is_dir and entry.kind is EntryKind.DIR:
             existing.entry, existing.layer = entry, layer  # merged: the later attributes win
         else:
-            parent.children.pop(name, None)
+            if parent.children.pop(name, None) is not None:
+                self.parents.clear()  # a path through what was replaced may resolve anew
             if entry.kind is EntryKind.HARDLINK:
                 target = self._link_target(entry.linkname)
                 if target is None:
@@ -159,7 +184,9 @@ class _Builder:
             else:
                 parent.children[name] = TreeNode(entry, layer)
         path = "/".join([*real, name])
-        while path:  # it and its ancestors are this layer's now: its whiteouts spare them
+        # It and its ancestors are this layer's now: its whiteouts spare them. An ancestor
+        # already marked has its own ancestors marked.
+        while path and path not in self.upper:
             self.upper.add(path)
             path = path.rpartition("/")[0]
 

@@ -62,6 +62,15 @@ def errno_for(exc: BaseException, *, reading: bool = False) -> int:
     return errno.EIO
 
 
+# What this filesystem does not support, so says ENOTSUP of (ENODATA would be "not on this
+# file"): SELinux labels (dropped from layers, as umoci drops them) and POSIX ACLs (unless a
+# layer's PAX records hold one for a file). `ls -l` asks for both on every file, and the
+# kernel keeps no answer; on ENOTSUP ls stops asking for the rest of the device.
+UNSUPPORTED_XATTRS = frozenset(
+    {"security.selinux", "system.posix_acl_access", "system.posix_acl_default", "system.nfs4_acl"}
+)
+
+
 class Operations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
@@ -174,14 +183,14 @@ class Operations(pyfuse3.Operations):
         return node.target
 
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
-        # `ls -l` asks twice per file (security.selinux, system.posix_acl_access) and the
-        # kernel keeps no answer: no guard here, a dict lookup that cannot hang or raise.
+        # No guard: a dict lookup that cannot hang or raise.
         node = self.tree.nodes.get(inode)
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
-        value = node.xattrs.get(_name(name))
+        text = _name(name)
+        value = node.xattrs.get(text)
         if value is None:
-            raise pyfuse3.FUSEError(errno.ENODATA)
+            raise pyfuse3.FUSEError(errno.ENOTSUP if text in UNSUPPORTED_XATTRS else errno.ENODATA)
         return value
 
     async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
@@ -197,20 +206,22 @@ class Operations(pyfuse3.Operations):
         )
 
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
-        async def listed() -> list[tuple[str, Node, pyfuse3.EntryAttributes]]:
-            listing = await self.tree.readdir(fh, start_id)
-            return [(name, child, self.attrs(child)) for name, child in listing]
-
         opened = self.tree.dirs.get(fh)
         patient = self._patient(opened.node if opened else None)
-        entries = await self._guard(f"readdir {fh}", listed, patient=patient)
-        for position, (name, child, attrs) in enumerate(entries, start=start_id + 1):
+        entries = await self._guard(
+            f"readdir {fh}", lambda: self.tree.readdir(fh, start_id), patient=patient
+        )
+        for position, (name, child) in enumerate(entries, start=start_id + 1):
+            try:
+                attrs = self.attrs(self.tree.offer(child))
+            except Exception:
+                if position > start_id + 1:
+                    return  # the entries given so far go; the kernel's next call fails here
+                log.exception("readdir %d: attributes of %r", fh, name)
+                raise pyfuse3.FUSEError(errno.EIO) from None
             if not pyfuse3.readdir_reply(token, _encoded(name), attrs, position):
-                # The kernel's buffer is full: entries it did not take hold no reference, so
-                # their inodes go (unless looked up before), or each listing would add more.
-                for unsent_name, unsent, _ in entries[position - start_id - 1 :]:
-                    if unsent_name not in DOTS:
-                        self.tree.forget(unsent.inode, 0)
+                # The kernel's buffer is full: it asks again from here. An entry it did not
+                # take holds no reference (releasedir lets the untaken ones go).
                 return
             # `.` and `..` take no reference: the kernel makes no entry of them (pyfuse3's
             # readdir: "must not increase the lookup count" for them).

@@ -37,9 +37,11 @@ class Kind(enum.IntEnum):
     FIFO = stat.S_IFIFO
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Attrs:
-    """A node's stat attributes as a plain value. `mode` holds the permission bits only."""
+    """A node's stat attributes as a plain value, never changed once made (replaced whole,
+    as set_mtime does; not frozen, whose __init__ costs 2 µs more: a rootfs/ listing makes
+    one per file). `mode` holds the permission bits only."""
 
     kind: Kind
     mode: int

@@ -149,13 +149,18 @@ class InodeTable:
             opened.listing = await self.listdir(opened.node.inode)
         opened.unread = False
         dots: Listing = [(".", opened.node), ("..", self.parent_of(opened.node))]
-        listing = opened.listing[max(0, start - len(dots)) :]
-        for _, child in listing:
-            self._register(child)  # again: one not taken before may have lost its number
-        return dots[start:] + listing
+        return dots[start:] + opened.listing[max(0, start - len(dots)) :]
+
+    def offer(self, node: Node) -> Node:
+        """Number a node about to be sent in a listing: one listed before may have lost its
+        inode (the kernel forgot it). Done per entry sent, not for the whole rest of the
+        listing on every call, which made a 500-entry directory cost 500²/k registrations."""
+        return self._register(node)
 
     def releasedir(self, fh: int) -> None:
-        self.dirs.pop(fh, None)
+        opened = self.dirs.pop(fh, None)
+        for _, child in (opened.listing or []) if opened else []:
+            self.forget(child.inode, 0)  # listed but never taken by the kernel: let it go
 
     # -- file handles ---------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ import errno
 import gzip
 import hashlib
 import os
+import re
 import subprocess
 import tarfile
 import time
@@ -353,3 +354,20 @@ def test_stats_count_the_index_builds(rootfs_images: RootfsFixtures, mnt: Mount)
     again = mnt.stats()["layer_indexes"]
     assert isinstance(again, dict)
     assert again["built"] == first["built"]
+
+
+def test_ls_l_sees_no_selinux_label_or_acl_and_xattrs_stay(
+    rootfs_images: RootfsFixtures, mnt: Mount
+) -> None:
+    image = rootfs_images.images["merge-gzip"]
+    file = image_dir(mnt, image) / "rootfs/xattr/file"
+    assert os.getxattr(file, "user.comment") == b"hello xattr"
+    for name in ("security.selinux", "system.posix_acl_access"):
+        with pytest.raises(OSError) as info:
+            os.getxattr(file, name, follow_symlinks=False)
+        assert info.value.errno == errno.ENOTSUP, name
+    listing = subprocess.run(
+        ["ls", "-ln", str(file.parent)], capture_output=True, text=True, check=True
+    ).stdout
+    # no "+" (an ACL) or "." (an SELinux label) after the mode
+    assert re.search(r"^-rw-r--r-- 1 \d+ \d+ +\d+ .* file$", listing, re.M), listing

@@ -208,6 +208,36 @@ async def test_lookup_under_a_file_and_unknown_inodes() -> None:
     assert info.value.errno == errno.ENOTDIR
 
 
+async def test_a_listing_in_small_pieces_numbers_each_entry_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Entries the kernel has not taken yet keep their numbers between its calls: numbering
+    # the whole rest of a listing on every call made a 500-entry directory cost 500²/k.
+    many = StaticDir("many", [BytesFile(f"f{i:03d}", b"") for i in range(300)])
+    ops = make_ops(many)
+    inode = (await ops.lookup(ROOT_INODE, b"many")).st_ino
+    before = ops.tree._next_inode
+    names = await list_all(ops, inode, monkeypatch, room=7)
+    assert len(names) == 302
+    assert ops.tree._next_inode - before == 300
+
+
+async def test_entries_listed_but_not_taken_are_let_go_at_releasedir(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    many = StaticDir("many", [BytesFile(f"f{i:03d}", b"") for i in range(50)])
+    ops = make_ops(many)
+    inode = (await ops.lookup(ROOT_INODE, b"many")).st_ino
+    recorder = ReaddirRecorder(room=12)  # . and .. and ten files
+    monkeypatch.setattr(pyfuse3, "readdir_reply", recorder)
+    fh = await ops.opendir(inode, None)
+    await ops.readdir(fh, 0, None)
+    await ops.releasedir(fh)
+    taken = {ino for name, ino, _ in recorder.entries if name not in (".", "..")}
+    held = {node.inode for node in ops.tree.nodes.values() if node.name.startswith("f")}
+    assert len(taken) == 10 and held == taken
+
+
 @pytest.mark.parametrize("room", [1, 3, 7, 1000])
 async def test_readdir_offsets_stable(monkeypatch: pytest.MonkeyPatch, room: int) -> None:
     ops = make_ops()
@@ -326,9 +356,14 @@ async def test_attributes_that_fail_become_eio(monkeypatch: pytest.MonkeyPatch) 
     with pytest.raises(pyfuse3.FUSEError) as info:
         await ops.lookup(ROOT_INODE, b"badsize")
     assert info.value.errno == errno.EIO
-    monkeypatch.setattr(pyfuse3, "readdir_reply", ReaddirRecorder())
+    recorder = ReaddirRecorder()
+    monkeypatch.setattr(pyfuse3, "readdir_reply", recorder)
+    fh = await ops.opendir(ROOT_INODE, None)
+    # The entries before it are given; the kernel's next call, starting at it, fails.
+    await ops.readdir(fh, 0, None)
+    assert [name for name, _, _ in recorder.entries] == [".", ".."]
     with pytest.raises(pyfuse3.FUSEError) as info:
-        await ops.readdir(await ops.opendir(ROOT_INODE, None), 0, None)
+        await ops.readdir(fh, recorder.entries[-1][2], None)
     assert info.value.errno == errno.EIO
 
 

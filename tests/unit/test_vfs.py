@@ -148,6 +148,21 @@ async def test_xattrs_come_from_the_node() -> None:
     assert info.value.errno == errno.ENODATA
 
 
+async def test_selinux_labels_and_acls_are_not_supported_unless_a_node_has_one() -> None:
+    # ENOTSUP, not ENODATA: `ls -l` then stops asking for them on this filesystem (it asks
+    # for both on every file, and the kernel keeps no answer).
+    acl = b"\x02\x00\x00\x00"
+    with_acl = Node("acl", Attrs(Kind.FILE, 0o644), xattrs={"system.posix_acl_access": acl})
+    ops = Operations(InodeTable(StaticDir("", [with_acl, BytesFile("plain", b"x")])))
+    plain = (await ops.lookup(ROOT_INODE, b"plain")).st_ino
+    for name in (b"security.selinux", b"system.posix_acl_access", b"system.posix_acl_default"):
+        with pytest.raises(pyfuse3.FUSEError) as info:
+            await ops.getxattr(plain, name, None)
+        assert info.value.errno == errno.ENOTSUP, name
+    inode = (await ops.lookup(ROOT_INODE, b"acl")).st_ino
+    assert await ops.getxattr(inode, b"system.posix_acl_access", None) == acl
+
+
 async def test_a_hardlinked_node_is_one_inode_under_two_names(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
