@@ -4,7 +4,6 @@ the image's directory; and the error a command reports, with its exit code."""
 
 from __future__ import annotations
 
-import posixpath
 from dataclasses import dataclass
 
 from .errors import InvalidReferenceError, RegfsError
@@ -73,12 +72,19 @@ class Target:
 
 def _is_domain(component: str) -> bool:
     """distribution's rule for the first component of a name: a registry when it has a `.`
-    or a `:` or is `localhost` (or has upper case, which no repository name may)."""
+    or a `:` or is `localhost` (or has upper case, which no repository name may). Here a
+    path may follow the tag, so `alpine:3.20/rootfs` would pass that rule too: a `:` counts
+    only before a port (digits), else it is a repository and its tag."""
+    host, colon, port = component.rpartition(":")
+    if colon and not component.endswith("]"):
+        if not port.isdigit():
+            return False
+        component = host
     return (
-        "." in component
-        or ":" in component
+        bool(colon)
+        or "." in component
         or component == "localhost"
-        or (component != component.lower())
+        or component != component.lower()
     )
 
 
@@ -143,12 +149,14 @@ def _parse_target(text: str, default_registry: str) -> Target:
 
 
 def _clean_path(text: str, path: str) -> tuple[str, ...]:
-    if not path.strip("/"):
-        return ()
-    normal = posixpath.normpath("/" + path.strip("/"))
-    if normal.startswith("//"):
-        normal = normal[1:]
-    parts = tuple(p for p in normal.split("/") if p)
-    if ".." in parts:
-        raise CommandError(f"{text}: the path leads out of the image", EXIT_USAGE)
-    return parts
+    """The path's components, `.` and empty ones dropped, `..` taking back the one before
+    it; one that would leave the image directory is a usage error."""
+    parts: list[str] = []
+    for part in path.split("/"):
+        if part == "..":
+            if not parts:
+                raise CommandError(f"{text}: the path leads out of the image", EXIT_USAGE)
+            parts.pop()
+        elif part not in ("", "."):
+            parts.append(part)
+    return tuple(parts)
