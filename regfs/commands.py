@@ -365,7 +365,8 @@ def setup_logging(debug: bool) -> None:
     handler.setFormatter(logging.Formatter("regfs: %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if debug else logging.ERROR)
+    # The command names what failed itself; the log lines behind it only with --debug.
+    root.setLevel(logging.DEBUG if debug else logging.CRITICAL)
     for noisy in ("httpx", "httpcore", "hpack"):  # full URLs: signed ones carry credentials
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
