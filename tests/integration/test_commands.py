@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from regfs import cli
+from regfs.oci.reference import DEFAULT_NAMESPACES
 from tests.fixtures.cdn import CDNServer
 from tests.fixtures.faultproxy import Fault, FaultProxy
 from tests.fixtures.mounting import LOOPBACK_ALLOW
@@ -25,7 +27,7 @@ from tests.fixtures.registry import RegistryServer
 from tests.fixtures.rootfs_images import RootfsFixtures
 from tests.fixtures.seed import HELLO_SCRIPT, Seeded
 from tests.fixtures.treecompare import UmociUnpacks, compare, snapshot
-from tests.integration.test_archive import assert_same_diff_ids
+from tests.integration.test_archive import assert_same_diff_ids, assert_same_layers
 
 # The command, with pyfuse3 unimportable; afterwards, neither the mount nor the FUSE adapter
 # may have been imported.
@@ -113,6 +115,25 @@ def test_ls_of_a_registry_a_repository_an_image_and_its_layers(
     assert lines(regfs("ls", f"{r}/library/hello:latest/rootfs/bin/hello", cache=cache)) == [
         "hello"
     ]
+    # An index: its own files, the host platform's image beside them, and platforms/.
+    index = lines(regfs("ls", "--platform", "linux/amd64", f"{r}/multi/arch:1.0", cache=cache))
+    assert {"index.json", "platforms", "manifest.json", "rootfs", "image.tar"} <= set(index)
+    platforms = lines(regfs("ls", f"{r}/multi/arch:1.0/platforms", cache=cache))
+    assert platforms == ["linux-amd64", "linux-arm64-v8", "windows-amd64"]
+
+
+def test_short_names_are_docker_hubs(
+    registry: RegistryServer,
+    seeded: Seeded,
+    cache: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfdbinary: pytest.CaptureFixture[bytes],
+) -> None:
+    # In this process, the loopback registry stands in for Docker Hub (its `library/`).
+    monkeypatch.setitem(DEFAULT_NAMESPACES, registry.host, "library")
+    argv = ["cat", "--cache-dir", str(cache), f"{registry.url}/hello:latest/manifest.json"]
+    assert cli.main(argv) == 0
+    assert capfdbinary.readouterr().out == seeded.hello.manifest_bytes
 
 
 def test_cat_is_byte_exact_by_tag_digest_index_and_platform(
@@ -207,6 +228,15 @@ def test_image_tar_loads_in_podman_and_reads_in_skopeo(
     [info] = json.loads(inspected.stdout)
     assert info["Id"] == hello.config_digest.removeprefix("sha256:")
     assert info["RootFS"]["Layers"] == list(hello.diff_ids)
+    # oci/ copied as a directory is an OCI layout skopeo reads, blobs as the registry's.
+    ok(regfs("cp", "-r", f"{registry.url}/library/hello:latest/oci", tmp_path / "oci", cache=cache))
+    copied = tmp_path / "oci-copy"
+    subprocess.run(
+        ["skopeo", "copy", "-q", f"oci:{tmp_path / 'oci'}:latest", f"oci:{copied}:hello"],
+        check=True,
+        timeout=TIMEOUT,
+    )
+    assert_same_layers(copied, "hello", hello)
 
 
 def test_cp_r_of_rootfs_equals_umoci_unpack(
