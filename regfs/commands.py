@@ -384,7 +384,7 @@ def run(args: argparse.Namespace, config: MountConfig) -> int:
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except RegfsError as exc:
-        print(f"regfs: {explain(None, exc)}", file=sys.stderr)
+        print(f"regfs {args.command}: {explain(None, exc)}", file=sys.stderr)
         return exit_code(exc)
 
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 import io
 import os
 import stat
+import tomllib
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 
 from regfs import cli
 from regfs.commands import Walker, long_line
@@ -315,3 +317,14 @@ async def test_symlinks_on_the_way_are_followed_inside_the_tree(tmp_path: Path) 
         await walker.resolve(target("img/loop"), follow=True)
     with pytest.raises(RegfsError, match="no such file"):
         await walker.resolve(target("img/usr/nope"), follow=True)
+
+
+def test_pyfuse3_is_a_linux_only_dependency() -> None:
+    # Where pyfuse3 cannot be installed (Windows, macOS), regfs installs without it.
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    with open(pyproject, "rb") as f:
+        dependencies = tomllib.load(f)["project"]["dependencies"]
+    [fuse] = [Requirement(d) for d in dependencies if d.startswith("pyfuse3")]
+    assert fuse.marker is not None
+    for platform, wanted in (("linux", True), ("darwin", False), ("win32", False)):
+        assert fuse.marker.evaluate({"sys_platform": platform}) is wanted
