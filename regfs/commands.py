@@ -381,11 +381,34 @@ def run(args: argparse.Namespace, config: MountConfig) -> int:
             return trio.run(copy_command, args, config, sys.stderr)
         targets = [parse_target(t) for t in args.targets]
         return trio.run(_read_command, args, config, targets)
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
-    except RegfsError as exc:
-        print(f"regfs {args.command}: {explain(None, exc)}", file=sys.stderr)
-        return exit_code(exc)
+    except BaseException as raised:  # trio's nurseries hand errors over in groups
+        exc = _reason(raised)
+        if isinstance(exc, KeyboardInterrupt):
+            return EXIT_INTERRUPTED
+        if isinstance(exc, BrokenPipeError):  # `regfs cat … | head`: the reader had enough
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_FAILURE
+        if isinstance(exc, RegfsError):
+            print(f"regfs {args.command}: {explain(None, exc)}", file=sys.stderr)
+            return exit_code(exc)
+        raise
+
+
+def _reason(raised: BaseException) -> BaseException:
+    """What ended a command: Ctrl-C first, then a closed stdout, then a regfs error, out of
+    the exception groups trio wraps them in (the error itself where there is none)."""
+    leaves = [raised]
+    while any(isinstance(e, BaseExceptionGroup) for e in leaves):
+        leaves = [
+            leaf
+            for e in leaves
+            for leaf in (e.exceptions if isinstance(e, BaseExceptionGroup) else (e,))
+        ]
+    for kind in (KeyboardInterrupt, BrokenPipeError, RegfsError):
+        for leaf in leaves:
+            if isinstance(leaf, kind):
+                return leaf
+    return raised
 
 
 async def _read_command(

@@ -9,6 +9,7 @@ import json
 import os
 import pty
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -392,3 +393,30 @@ def test_progress_is_shown_on_a_terminal_only(
     assert "2.0 MiB" in shown, shown
     assert on_terminal("cp", "-q", source, tmp_path / "quiet.tar", cache=cache) == ""
     assert (tmp_path / "tty.tar").read_bytes() == (tmp_path / "piped.tar").read_bytes()
+
+
+def test_ctrl_c_leaves_no_destination_and_exits_130(proxy: FaultProxy, tmp_path: Path) -> None:
+    proxy.add(Fault("/blobs/", drip=0.001, times=None))  # a byte a millisecond: never done
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    argv = ["cp", "--cache-dir", str(tmp_path / "cache")]
+    process = subprocess.Popen(
+        [sys.executable, "-c", NO_FUSE, *argv, f"{proxy.url}/library/hello:latest/image.tar", dest],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not os.listdir(dest):  # the temporary file appears once the copy began
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        [temporary] = os.listdir(dest)
+        assert temporary.startswith(".image.tar.regfs-")
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 130, process.stderr.read()  # type: ignore[union-attr]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert os.listdir(dest) == []
