@@ -318,8 +318,8 @@ def add_commands(
     p = sub.add_parser(
         "ls",
         help="list a registry, repository or image directory without mounting",
-        description=f"List what a mount would show at {ref}: a registry's repositories, a "
-        "repository's tags, an image directory or anything inside it.",
+        description=f"List what a mount would show at {ref}:\na registry's repositories, "
+        "a repository's tags, an image directory or anything inside it.",
         epilog="examples:\n  regfs ls mcr.microsoft.com/windows/servercore\n"
         "  regfs ls -l mcr.microsoft.com/windows/servercore:ltsc2019-amd64/layers\n"
         "  regfs ls -l alpine:3.20/rootfs/etc" + tail,
@@ -341,9 +341,9 @@ def add_commands(
     p = sub.add_parser(
         "cp",
         help="copy files of an image out without mounting (image.tar, rootfs/…)",
-        description="Copy SOURCE (a file, or with -r a directory) to DEST, or into DEST when it "
-        "is a directory. A copy is written under a temporary name and renamed when every byte "
-        "was read and checked: a failed copy leaves nothing at DEST.",
+        description="Copy SOURCE (a file, or with -r a directory) to DEST, or into DEST when it\n"
+        "is a directory. A copy is written under a temporary name and renamed once every\n"
+        "byte was read and checked: a failed copy leaves nothing at DEST.",
         epilog="examples:\n"
         "  regfs cp mcr.microsoft.com/windows/servercore:ltsc2019-amd64/image.tar .\n"
         "  regfs cp -r ghcr.io/acme/tool:v1/rootfs/usr/share/tool ./tool" + tail,
