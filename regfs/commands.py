@@ -206,7 +206,10 @@ def long_line(name: str, node: Node) -> str:
     """`ls -l` of one node: mode, links, owner, size, mtime, name, a symlink's target."""
     attrs = node.attrs
     when = attrs.mtime_ns / 1e9 if attrs.mtime_ns is not None else attrs.mtime
-    stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(when))
+    try:
+        stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(when))
+    except (OverflowError, OSError, ValueError):  # a time the platform cannot show
+        stamp = f"{when:>16.0f}"
     line = (
         f"{stat.filemode(attrs.st_mode)} {attrs.nlink:>3} {attrs.uid:>5} {attrs.gid:>5} "
         f"{attrs.size:>12} {stamp} {name}"
@@ -214,8 +217,15 @@ def long_line(name: str, node: Node) -> str:
     if isinstance(node, Symlink):
         line += f" -> {os.fsdecode(node.target)}"
     if attrs.rdev and stat.S_ISCHR(attrs.st_mode) | stat.S_ISBLK(attrs.st_mode):
-        line += f" ({os.major(attrs.rdev)},{os.minor(attrs.rdev)})"
+        line += f" ({device_numbers(attrs.rdev)})"
     return line
+
+
+def device_numbers(rdev: int) -> str:
+    """`major,minor` of a device node (its number where the platform cannot split it)."""
+    if hasattr(os, "major"):
+        return f"{os.major(rdev)},{os.minor(rdev)}"
+    return str(rdev)
 
 
 async def ls(

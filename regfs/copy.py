@@ -24,7 +24,7 @@ from typing import TextIO
 
 import trio
 
-from .commands import Walker, by_registry, copy_out, exit_code, explain, open_tree
+from .commands import Walker, by_registry, copy_out, device_numbers, exit_code, explain, open_tree
 from .compose import MountConfig
 from .errors import RegfsError
 from .prefetch import Display, Item, LiveDisplay, Prefetch
@@ -33,6 +33,8 @@ from .vfs.nodes import Dir, File, Kind, Node, Symlink
 
 FILES_AT_ONCE = 4  # files of a tree read at the same time: one waiting on a span, others go
 AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+# A hardlink to a symlink is to the link itself, where the platform can say so.
+LINK_AS_IS = {"follow_symlinks": False} if os.link in os.supports_follow_symlinks else {}
 
 
 @dataclass
@@ -82,7 +84,7 @@ async def copy_command(args: argparse.Namespace, config: MountConfig, err: TextI
     targets = [parse_target(source) for source in args.sources]
     dest = Path(args.dest)
     if len(targets) > 1 and not dest.is_dir():
-        raise CommandError(f"cp: {dest} is not a directory (several sources)", EXIT_USAGE)
+        raise CommandError(f"{dest} is not a directory (several sources)", EXIT_USAGE)
     names: dict[int, str] = {}
     live = err.isatty() and not args.quiet  # progress only for someone watching
     run = Copy(err, LiveDisplay(err, names) if live else None, names)
@@ -167,8 +169,7 @@ async def copy_node(
         os.mkfifo(path, 0o600)
     else:
         kind = "char" if node.attrs.kind is Kind.CHAR_DEVICE else "block"
-        rdev = node.attrs.rdev
-        run.warn(f"skipped device node {shown} ({kind} {os.major(rdev)},{os.minor(rdev)})")
+        run.warn(f"skipped device node {shown} ({kind} {device_numbers(node.attrs.rdev)})")
         return
     apply_attrs(path, node, run)
 
@@ -268,11 +269,7 @@ async def copy_tree(walker: Walker, top: Dir, root: Path, run: Copy, shown: str)
             raise failure[0]
         for p in planned:
             if p.link_to is not None and os.path.lexists(os.path.join(base, p.link_to)):
-                os.link(
-                    os.path.join(base, p.link_to),
-                    os.path.join(base, p.relative),
-                    follow_symlinks=False,
-                )
+                os.link(os.path.join(base, p.link_to), os.path.join(base, p.relative), **LINK_AS_IS)
         for p in reversed(planned):
             if isinstance(p.node, Dir):
                 apply_attrs(os.path.join(base, p.relative), p.node, run)
