@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from functools import partial
+from itertools import groupby
 from pathlib import Path
 from typing import BinaryIO, TextIO, TypeVar
 
@@ -229,17 +230,22 @@ def device_numbers(rdev: int) -> str:
 
 
 async def ls(
-    walker: Walker, target: Target, out: TextIO, *, long: bool, all_names: bool, header: bool
+    walker: Walker, target: Target, out: TextIO, *, long: bool, all_names: bool, header: str = ""
 ) -> None:
+    """`header`: written first (ls names each of several targets, a blank line between)."""
     found = await walker.resolve(target, follow=not long)
     node = found.node
-    if header:
-        out.write(f"{target.text}:\n")
+    out.write(header)
     if not isinstance(node, Dir):
         name = target.path[-1] if target.path else found.shown
         out.write((long_line(name, node) if long else name) + "\n")
         return
-    for name, child in await walker.listdir(node):
+    listing = await walker.listdir(node)
+    if not target.repository and not [n for n, _ in listing if not n.startswith(".")]:
+        # Docker Hub, GHCR and others refuse the catalog to anyone: nothing to list.
+        note = f"{target.image()}: no repositories listed (no catalog here? name a repository)"
+        print(f"regfs ls: {note}", file=sys.stderr)
+    for name, child in listing:
         if name.startswith(".") and not all_names:
             continue
         shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
@@ -425,19 +431,23 @@ async def _read_command(
     args: argparse.Namespace, config: MountConfig, targets: Sequence[Target]
 ) -> int:
     status = EXIT_OK
+    shown = 0
     for registry, group in by_registry(targets):
         async with open_tree(registry, config) as (tree, prefix):
             walker = Walker(tree, prefix, config.op_timeout, offline=config.options.offline)
             for target in group:
                 try:
                     if args.command == "ls":
+                        several = len(targets) > 1
+                        header = f"{chr(10) if shown else ''}{target.text}:\n" if several else ""
+                        shown += 1
                         await ls(
                             walker,
                             target,
                             sys.stdout,
                             long=args.long,
                             all_names=args.all_names,
-                            header=len(targets) > 1,
+                            header=header,
                         )
                     else:
                         await cat(walker, target, sys.stdout.buffer)
@@ -448,8 +458,6 @@ async def _read_command(
 
 
 def by_registry(targets: Sequence[Target]) -> list[tuple[str, list[Target]]]:
-    """Targets grouped by registry, in the order first named: one tree per registry."""
-    groups: dict[str, list[Target]] = {}
-    for target in targets:
-        groups.setdefault(target.registry, []).append(target)
-    return list(groups.items())
+    """Runs of targets on one registry, in the order given (cat's output keeps it): one tree
+    per run."""
+    return [(registry, list(run)) for registry, run in groupby(targets, lambda t: t.registry)]

@@ -350,6 +350,8 @@ def test_errors_name_the_reference_and_what_was_wrong(
     hp = htpasswd_registry
     code, said = failed("cat", f"{hp.url}/library/hello:latest/manifest.json", env=nobody)
     assert code == 1 and f"{hp.host}/library/hello:latest: not authorised" in said
+    listed = regfs("ls", hp.url, cache=cache, env=nobody)  # no catalog without credentials
+    assert ok(listed) == b"" and b"no repositories listed" in listed.stderr
     proxy.add(Fault("/manifests/", status=429, headers={"Retry-After": "3600"}, times=None))
     code, said = failed("cat", f"{proxy.url}/library/hello:latest/manifest.json")
     assert code == 1 and "rate-limited" in said, said
