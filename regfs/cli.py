@@ -4,6 +4,7 @@
     regfs prefetch PATH...                  regfs status MOUNTPOINT
     regfs cache info|prune --to SIZE|clear [--digest D]
     regfs SOURCE MOUNTPOINT -o OPTS         as mount(8) / mount.fuse3 call a helper (fstab)
+    regfs ls|cat|cp REF[/PATH]              the same tree without a mount (commands.py)
 
 Exit codes: 0 success; 1 a runtime failure (registry unreachable, unmount failed, a file
 prefetch could not read, not a regfs mount, ...); 2 bad usage or invalid arguments;
@@ -19,12 +20,12 @@ import sys
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from types import ModuleType
 
-from . import cachectl, prefetch, status
+from . import cachectl, commands, prefetch, status
 from .compose import MountConfig
 from .dirs import default_cache_dir
 from .errors import RegfsError
-from .mount import run, unmount
 from .oci.platform import host_platform_default, parse_platform
 from .registry.tls import check_ca_file
 from .views.registry import Options
@@ -95,6 +96,9 @@ MAIN_EXAMPLES = (
   regfs status /mnt/mcr                            # what the mount has been doing
   regfs cache info                                 # what the disk cache holds
   regfs cache prune --to 5G                        # evict least recently used blobs
+  regfs ls mcr.microsoft.com/windows/servercore    # no mount: tags of a repository
+  regfs cat alpine:3.20/rootfs/etc/os-release      # no mount: a file of an image
+  regfs cp mcr.microsoft.com/windows/servercore:ltsc2019-amd64/image.tar .
   mount -t fuse.regfs mcr.microsoft.com /mnt/mcr -o cache_dir=/var/cache/regfs
 
 fstab:
@@ -111,6 +115,22 @@ def add_mount_options(p: argparse.ArgumentParser) -> None:
         default="mcr.microsoft.com",
         help="host[:port] or http(s)://host[:port] (default: %(default)s)",
     )
+    add_fetch_options(p)
+    p.add_argument(
+        "-o",
+        dest="fuse_options",
+        action="append",
+        default=[],
+        metavar="OPTS",
+        help="FUSE mount options, comma-separated (nosuid,nodev unless -o suid,dev)",
+    )
+    p.add_argument(
+        "--foreground", "-f", action="store_true", help="stay in the foreground, log to stderr"
+    )
+
+
+def add_fetch_options(p: argparse.ArgumentParser) -> None:
+    """The options that shape fetching: the mount's, and ls/cat/cp's with the same meaning."""
     p.add_argument(
         "--platform",
         type=_platform,
@@ -175,17 +195,6 @@ def add_mount_options(p: argparse.ArgumentParser) -> None:
         default=60.0,
         metavar="SECONDS",
         help="bound on every filesystem operation (default: 60)",
-    )
-    p.add_argument(
-        "-o",
-        dest="fuse_options",
-        action="append",
-        default=[],
-        metavar="OPTS",
-        help="FUSE mount options, comma-separated (nosuid,nodev unless -o suid,dev)",
-    )
-    p.add_argument(
-        "--foreground", "-f", action="store_true", help="stay in the foreground, log to stderr"
     )
     p.add_argument("--debug", action="store_true", help="log more")
 
@@ -268,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--to", type=parse_size, required=True, metavar="SIZE")
         if name == "clear":
             q.add_argument("--digest", metavar="DIGEST", help="only this blob or document")
+    commands.add_commands(sub, add_fetch_options)
     return parser
 
 
@@ -391,7 +401,29 @@ def cache_command(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = ("mount", "umount", "prefetch", "status", "cache")
+COMMANDS = ("mount", "umount", "prefetch", "status", "cache", *commands.COMMANDS)
+
+NO_MOUNT_HERE = (
+    "mounting needs Linux (or Windows' WSL2, whose mounts Windows sees at "
+    "\\\\wsl.localhost\\<distro>\\...); here, `regfs ls`, `regfs cat` and `regfs cp` "
+    "show the same tree without a mount, e.g. regfs cp REPO:TAG/image.tar ."
+)
+
+
+def _mount_module() -> ModuleType:
+    """regfs.mount, imported only for the commands that mount: it needs pyfuse3, which
+    ls/cat/cp and the rest do without (and which exists on Linux only)."""
+    if not sys.platform.startswith("linux"):
+        raise MountUnavailable(NO_MOUNT_HERE)
+    try:
+        from . import mount
+    except ImportError as exc:
+        raise MountUnavailable(f"mounting needs pyfuse3 ({exc}); {NO_MOUNT_HERE}") from None
+    return mount
+
+
+class MountUnavailable(RegfsError):
+    """This system cannot mount: not Linux, or pyfuse3 missing."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -406,10 +438,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "mount":
-            return run(config_from(args))
+            return int(_mount_module().run(config_from(args)))
         if args.command == "umount":
-            unmount(args.mountpoint)
+            _mount_module().unmount(args.mountpoint)
             return 0
+        if args.command in commands.COMMANDS:
+            return commands.run(args, config_from(args))
         if args.command == "prefetch":
             return prefetch.run(args.paths, jobs=args.jobs)
         if args.command == "status":

@@ -30,6 +30,9 @@ LAYERS: dict[str, int] = {
     "dirs": 0,
     "cachectl": 7,
     "prefetch": 7,
+    "commands": 7,  # ls/cat/cp: the tree without FUSE
+    "copy": 7,
+    "targets": 7,
     "status": 7,
     "cli": 8,
     "__init__": 0,
