@@ -50,7 +50,7 @@ from .targets import (
     Target,
     parse_target,
 )
-from .vfs.nodes import Dir, File, Node, Symlink
+from .vfs.nodes import Dir, File, Node, Symlink, major_minor
 from .vfs.table import InodeTable
 from .views.rootfs import LazyTreeDir
 
@@ -223,10 +223,9 @@ def long_line(name: str, node: Node) -> str:
 
 
 def device_numbers(rdev: int) -> str:
-    """`major,minor` of a device node (its number where the platform cannot split it)."""
-    if hasattr(os, "major"):
-        return f"{os.major(rdev)},{os.minor(rdev)}"
-    return str(rdev)
+    """`major,minor` of a device node."""
+    major, minor = major_minor(rdev)
+    return f"{major},{minor}"
 
 
 async def ls(

@@ -10,7 +10,6 @@ a file written either way (or by an older regfs) reads the same.
 from __future__ import annotations
 
 import errno
-import fcntl
 import logging
 import mmap
 import os
@@ -23,11 +22,18 @@ from collections.abc import Callable, Hashable
 from contextlib import suppress
 from pathlib import Path
 
+from ..fileio import open_for_reading, pread
+
 log = logging.getLogger(__name__)
 
 PAGE = mmap.PAGESIZE
 DIRECT_MIN = 256 << 10  # smaller blocks: one ordinary write costs less than the extra calls
-_O_DIRECT = getattr(os, "O_DIRECT", 0)
+
+try:
+    import fcntl
+except ImportError:  # Windows, where `regfs cp` runs: no O_DIRECT there either
+    fcntl = None  # type: ignore[assignment]
+_O_DIRECT = getattr(os, "O_DIRECT", 0) if fcntl is not None else 0
 
 
 TRAILER = struct.Struct("<QI")  # length, CRC-32
@@ -242,7 +248,7 @@ def read_file(path: Path, tail: int) -> tuple[bytes, bytes]:
     not in RAM (the bench's remount row drops them) the remount cost 1.67 s CPU/GiB instead
     of 1.93 at the same rate; a buffered pread of a 1 GiB file not in RAM cost 0.5-1.9 s
     CPU/GiB here, O_DIRECT and the copy 0.16-0.18. Otherwise two preads."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    fd = open_for_reading(path)
     try:
         size = os.fstat(fd).st_size
         cut = max(0, size - tail)
@@ -250,7 +256,7 @@ def read_file(path: Path, tail: int) -> tuple[bytes, bytes]:
             return read
         # A block file never changes once renamed into place: a short read is a damaged
         # file (the trailer check says so), never one still being written.
-        return _pread_all(fd, cut, 0), os.pread(fd, tail, cut)
+        return _pread_all(fd, cut, 0), pread(fd, tail, cut)
     finally:
         os.close(fd)
 
@@ -284,12 +290,12 @@ def _read_direct(fd: int, size: int, cut: int) -> tuple[bytes, bytes] | None:
 
 
 def _pread_all(fd: int, size: int, offset: int) -> bytes:
-    data = os.pread(fd, size, offset)
+    data = pread(fd, size, offset)
     if len(data) == size or not data:
         return data
     parts = [data]
     got = len(data)
-    while got < size and (chunk := os.pread(fd, size - got, offset + got)):
+    while got < size and (chunk := pread(fd, size - got, offset + got)):
         parts.append(chunk)
         got += len(chunk)
     return b"".join(parts)

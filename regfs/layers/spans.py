@@ -22,6 +22,7 @@ import indexed_gzip
 import trio
 from cachetools import LRUCache
 
+from .. import fileio
 from ..cache.blob import BlobRef
 from ..cache.blocks import BlockCache
 from ..errors import IntegrityError
@@ -168,8 +169,8 @@ def _sha256(data: bytes) -> str:
 
 
 def pread(path: str | os.PathLike[str], offset: int, size: int) -> bytes:
-    fd = os.open(path, os.O_RDONLY)
+    fd = fileio.open_for_reading(path)
     try:
-        return os.pread(fd, size, offset)
+        return fileio.pread(fd, size, offset)
     finally:
         os.close(fd)

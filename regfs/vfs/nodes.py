@@ -23,7 +23,22 @@ from typing import ClassVar, Protocol, runtime_checkable
 NO_XATTRS: Mapping[str, bytes] = MappingProxyType({})
 
 # Whoever runs the mount owns what it shows, unless a view says otherwise (a rootfs entry).
-_OWNER = (os.getuid(), os.getgid())
+# (Windows, where `regfs ls` runs, has no uids: 0 there.)
+_OWNER = (getattr(os, "getuid", int)(), getattr(os, "getgid", int)())
+
+
+def makedev(major: int, minor: int) -> int:
+    """A device number: the platform's encoding, or Linux's old 8:8 one where it has none
+    (Windows, where `regfs ls -l` still shows a rootfs/ device's numbers)."""
+    if hasattr(os, "makedev"):
+        return os.makedev(major, minor)
+    return (major << 8) | minor
+
+
+def major_minor(rdev: int) -> tuple[int, int]:
+    if hasattr(os, "major"):
+        return os.major(rdev), os.minor(rdev)
+    return rdev >> 8, rdev & 0xFF
 
 
 class Kind(enum.IntEnum):

@@ -24,7 +24,17 @@ import trio
 from ..cache import BlobRef
 from ..oci.entry import Entry, EntryKind
 from ..oci.overlay import IMPLICIT_MODE, Tree, TreeNode, layer_tree, merge
-from ..vfs.nodes import NO_XATTRS, Attrs, Dir, File, FileHandle, Kind, Node, Symlink
+from ..vfs.nodes import (
+    NO_XATTRS,
+    Attrs,
+    Dir,
+    File,
+    FileHandle,
+    Kind,
+    Node,
+    Symlink,
+    makedev,
+)
 from .image import ImageView, ResolvedImage
 
 log = logging.getLogger(__name__)
@@ -69,7 +79,7 @@ def attrs_of(node: TreeNode) -> Attrs:
         size, mode = len(os.fsencode(entry.linkname)), 0o777  # Linux symlinks have no mode
     rdev = 0
     if kind in (Kind.CHAR_DEVICE, Kind.BLOCK_DEVICE):
-        rdev = os.makedev(entry.devmajor, entry.devminor)
+        rdev = makedev(entry.devmajor, entry.devminor)
     seconds = entry.mtime_ns / 1e9
     return Attrs(kind, mode, size, seconds, node.nlink, entry.uid, entry.gid, rdev, entry.mtime_ns)
 

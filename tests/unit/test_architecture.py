@@ -28,6 +28,7 @@ LAYERS: dict[str, int] = {
     "mount": 7,
     "compose": 7,
     "dirs": 0,
+    "fileio": 0,
     "cachectl": 7,
     "prefetch": 7,
     "commands": 7,  # ls/cat/cp: the tree without FUSE
