@@ -42,6 +42,9 @@ PIECE = 4 << 20
 # How far zran's index grows at a time, behind the stream inflated for tarfile: each growth
 # inflates again from the last seek point (up to a span), so steps are several spans long.
 STEP = 16 << 20
+# How far the inflater for tarfile may run ahead of zran's index: the blocks between the two
+# readers stay in the memory cache until zran passes them.
+MAX_LAG = 4 * STEP
 # A zstd span this many times span_bytes (a layer of one frame) is read from a decompressed
 # copy instead: one small read would otherwise decompress the whole frame.
 FLAT_FACTOR = 2
@@ -277,8 +280,13 @@ def _build_gzip(blob_file: BlobFile, span_bytes: int) -> LayerIndex:
     )
     indexer = ZranIndexer(trailing, hasher, span_bytes, lambda: members.produced)
     indexer.start()
+
+    def next_piece() -> bytes:
+        indexer.wait_within(MAX_LAG, members.produced)
+        return members.read(PIECE) or b""
+
     try:
-        entries, diff_id, size = scan(lambda: members.read(PIECE) or b"")
+        entries, diff_id, size = scan(next_piece)
     except BaseException:
         indexer.stop.set()
         indexer.join()
@@ -309,6 +317,15 @@ class ZranIndexer(threading.Thread):
         self.stop = threading.Event()
         self.error: BaseException | None = None
         self.exported = b""
+        self.grown = 0  # how far the index has grown (uncompressed)
+        self.moved = threading.Condition()
+
+    def wait_within(self, lag: int, produced: int) -> None:
+        """Wait while the index is more than `lag` behind `produced` (and still growing):
+        on a busy machine this thread falls behind, and the blocks in between pile up."""
+        with self.moved:
+            while produced - self.grown > lag and self.is_alive() and not self.stop.is_set():
+                self.moved.wait(0.1)
 
     def run(self) -> None:
         try:
@@ -336,13 +353,19 @@ class ZranIndexer(threading.Thread):
             if total is None and ahead - grown < STEP:
                 self.stop.wait(0.02)
                 continue
-            grown = ahead if total is not None else ahead - ahead % STEP
+            # A step at a time, however far behind: the span hasher keeps a seek's compressed
+            # bytes until its points are cut, and one seek to the front, after this thread
+            # had fallen behind on a busy machine, kept hundreds of MiB (peak RSS 820 MiB).
+            grown = min(grown + STEP, ahead if total is not None else ahead - ahead % STEP)
             gz.seek(grown)
             points = list(gz.seek_points())
             for uncompressed, compressed in points[seen:]:
                 self.hasher.cut(uncompressed, compressed)
             seen = max(seen, len(points))
-            if total is not None:
+            with self.moved:
+                self.grown = grown
+                self.moved.notify_all()
+            if total is not None and grown >= total:
                 return
 
 

@@ -336,3 +336,51 @@ async def test_the_build_leaves_the_layer_on_disk_not_in_memory(
         assert source.sent == len(data)
         assert cache.is_verified(blob.digest)
         assert disk.has_block(blob.digest, 0, blob.registry)
+
+
+async def test_the_inflater_waits_for_a_slow_zran_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a busy machine zran's thread falls behind the inflater tarfile reads from; the
+    blocks between the two stay in memory until zran passes them, so the inflater waits once
+    it is MAX_LAG ahead (a build had reached 820 MiB of RSS with a 256 MiB memory cache)."""
+    import gzip
+    import io
+    import tarfile
+    import time
+
+    from regfs.layers import build
+
+    payload = os.urandom(12 << 20)
+    tar = io.BytesIO()
+    with tarfile.open(fileobj=tar, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        info = tarfile.TarInfo("big")
+        info.size = len(payload)
+        archive.addfile(info, io.BytesIO(payload))
+    data = gzip.compress(tar.getvalue(), 1)
+    monkeypatch.setattr(build, "STEP", 1 << 20)
+    monkeypatch.setattr(build, "MAX_LAG", 2 << 20)
+    monkeypatch.setattr(build, "PIECE", 256 << 10)
+    disk = DiskCache(tmp_path / "cache", max_bytes=1 << 30)
+    readahead = 1 << 20
+    cache = BlockCache(
+        disk=disk, block_size=BLOCK, memory_bytes=64 << 20, readahead_bytes=readahead
+    )
+    held: list[int] = []
+    cut = build.SpanHasher.cut
+
+    def slow_cut(self: build.SpanHasher, uncompressed: int, compressed: int) -> None:
+        time.sleep(0.02)  # zran's thread, slowed as on a loaded machine
+        held.append(cache.memory.currsize)
+        cut(self, uncompressed, compressed)
+
+    monkeypatch.setattr(build.SpanHasher, "cut", slow_cut)
+    blob = blob_of(data, Source(data))
+    async with cache.running():
+        index = await layer_files(cache, disk).index(blob, digest(tar.getvalue()))
+        (entry,) = index.entries
+        assert await layer_files(cache, disk).read(blob, index, entry, 0, entry.size) == payload
+    assert len(held) >= 8  # the index grew in many steps
+    # what zran has not passed: the lag, a step, the inflater's readahead and refill
+    bound = (2 << 20) + (1 << 20) + readahead + CHUNK + 2 * BLOCK
+    assert max(held) <= bound, [h >> 20 for h in held]
