@@ -13,9 +13,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import trio
+
 from .cache import BlockCache, DiskCache
 from .dirs import default_cache_dir
-from .errors import RegfsError
+from .errors import RegfsError, UntrustedCertificateError
 from .layers import LayerFiles
 from .oci.reference import RegistryAddress, parse_registry
 from .registry.blobs import ForeignURLPolicy
@@ -203,6 +205,7 @@ class AllRegistries:
         self.started = started
         self.open: dict[str, OpenRegistry] = {}  # by host[:port] connected to
         self.by_name: dict[str, OpenRegistry] = {}  # by the name paths use
+        self._opening: dict[str, trio.Lock] = {}
 
     def listed(self) -> list[str]:
         """Configured (not blocked) and used since the mount started."""
@@ -218,7 +221,9 @@ class AllRegistries:
         try:
             opened = await self._open(name, self.conf.settings(name))
         except RegfsError as exc:
-            log.info("registry %s: no registry answers there (%s)", name, exc)
+            # An untrusted certificate is a registry that answered: say so louder.
+            level = logging.WARNING if isinstance(exc, UntrustedCertificateError) else logging.INFO
+            log.log(level, "registry %s: no registry answers there (%s)", name, exc)
             return None
         if opened is None:
             return None
@@ -233,9 +238,16 @@ class AllRegistries:
             )
             return None
         address = parse_registry(settings.host)
-        same = self.open.get(address.host)  # docker.io and registry-1.docker.io: one
-        if same is not None:
+        # docker.io and registry-1.docker.io are one registry: opened once, also in parallel.
+        async with self._opening.setdefault(address.host, trio.Lock()):
+            same = self.open.get(address.host)
+            if same is None:
+                same = self.open[address.host] = await self._connect(name, settings, address)
             return same
+
+    async def _connect(
+        self, name: str, settings: RegistrySettings, address: RegistryAddress
+    ) -> OpenRegistry:
         stats = Stats()
         cas = [str(p) for p in settings.ca_files]
         mirrors = [m for m in [await self._mirror(m, stats) for m in settings.mirrors] if m]
@@ -261,8 +273,7 @@ class AllRegistries:
             image_views=(*IMAGE_VIEWS, rootfs_views(self.layers)),
             started=self.started,
         )
-        opened = self.open[address.host] = OpenRegistry(name, store, clients, stats, tree)
-        return opened
+        return OpenRegistry(name, store, clients, stats, tree)
 
     def _client(
         self, address: RegistryAddress, insecure: bool, cas: list[str], stats: Stats
