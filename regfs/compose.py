@@ -12,13 +12,15 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import trio
 
-from .cache import BlockCache, DiskCache
+from .cache import BlobRef, BlockCache, DiskCache
 from .dirs import default_cache_dir
-from .errors import RegfsError, UntrustedCertificateError
+from .errors import NotFoundError, RegfsError, UntrustedCertificateError
 from .layers import LayerFiles
+from .oci import manifest as mf
 from .oci.reference import RegistryAddress, parse_registry
 from .registry.blobs import ForeignURLPolicy
 from .registry.client import RegistryClient, RetryPolicy, Stats
@@ -180,6 +182,44 @@ class OpenRegistry:
     tree: RootDir
 
 
+class ConfiguredStore(RegistryStore):
+    """A registry's store that keeps the repositories registries.conf blocks (a prefix with
+    a repository path, `docker.io/library/alpine`) out: ENOENT, without a request."""
+
+    def __init__(self, *args: Any, name: str, conf: RegistriesConf, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.name = name
+        self.conf = conf
+
+    def check(self, repo: str) -> None:
+        if self.conf.repository_blocked(self.name, repo):
+            raise NotFoundError(f"{self.name}/{repo} is blocked by registries.conf")
+
+    async def document(
+        self, repo: str, reference: str, *, current: mf.Document | None = None
+    ) -> mf.Document:
+        self.check(repo)
+        return await super().document(repo, reference, current=current)
+
+    async def tags(self, repo: str) -> list[str]:
+        self.check(repo)
+        return await super().tags(repo)
+
+    async def catalog(self) -> list[str] | None:
+        repos = await super().catalog()
+        if repos is None:
+            return None
+        return [r for r in repos if not self.conf.repository_blocked(self.name, r)]
+
+    def blob(self, repo: str, descriptor: mf.Descriptor) -> BlobRef:
+        self.check(repo)
+        return super().blob(repo, descriptor)
+
+    async def referrers(self, repo: str, digest: str) -> list[mf.Descriptor]:
+        self.check(repo)
+        return await super().referrers(repo, digest)
+
+
 class AllRegistries:
     """Every registry through one cache: each its own clients (credentials, certs.d CAs,
     insecure, mirrors from registries.conf), made when a path first names it, after
@@ -257,8 +297,10 @@ class AllRegistries:
             for mirror in mirrors:
                 await mirror.aclose()
             raise
-        store = RegistryStore(
+        store = ConfiguredStore(
             client,
+            name=name,
+            conf=self.conf,
             mirrors=mirrors,
             disk=self.disk,
             policy=ForeignURLPolicy(self.config.foreign_url_allow),

@@ -161,6 +161,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             auth=SEEDER,
             verify=client_context(token_id),
         )
+        push_image(  # in a repository registries.conf blocks
+            token.url,
+            "tok/secret",
+            "1",
+            [make_layer([File("etc/secret", b"not for regfs\n")])],
+            auth=SEEDER,
+            verify=client_context(token_id),
+        )
         warm_mirror(mirror, anon_image)
         anon_blob_gets = upstream_settled(mirror, anon, anon_image)  # from here on: new
         home = work / "home"
@@ -186,6 +194,11 @@ location = "{htp.host}"
 
 [[registry]]
 location = "{token.host}"
+
+[[registry]]
+prefix = "{token.host}/tok/secret"
+location = "{token.host}/tok/secret"
+blocked = true
 
 [[registry]]
 location = "{BLOCKED_HOST}:{blocked.getsockname()[1]}"
@@ -392,6 +405,18 @@ def test_a_blocked_registry_is_enoent_and_never_connected_to(mount: Mount, world
     assert nobody_connected(world.blocked)
     refusals = [x for x in mount.log().splitlines() if world.blocked_host in x and " WARNING " in x]
     assert len(refusals) == 1 and "blocked" in refusals[0], refusals
+
+
+def test_a_blocked_repository_is_enoent_and_never_asked_for(mount: Mount, world: World) -> None:
+    tok = mount.path / world.token.host / "tok"
+    assert (tok / "app" / "1" / "manifest.json").exists()  # the registry itself is not blocked
+    for _ in range(2):
+        assert errno_of(tok / "secret") == errno.ENOENT
+        assert errno_of(tok / "secret" / "1") == errno.ENOENT
+    assert "secret" not in os.listdir(tok)
+    asked = [(scope, user) for scope, user in world.issuer.requests if "tok/secret" in scope]
+    assert all(user == SEEDER[0] for _, user in asked), asked  # the push only
+    assert not [x for x in requests_to(mount.log(), world.token.host) if "/tok/secret/" in x]
 
 
 def test_an_unconfigured_loopback_registry_is_refused(mount: Mount, world: World) -> None:
