@@ -12,15 +12,13 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import trio
 
-from .cache import BlobRef, BlockCache, DiskCache
+from .cache import BlockCache, DiskCache
 from .dirs import default_cache_dir
-from .errors import NotFoundError, RegfsError, UntrustedCertificateError
+from .errors import RegfsError, UntrustedCertificateError
 from .layers import LayerFiles
-from .oci import manifest as mf
 from .oci.reference import RegistryAddress, parse_registry
 from .registry.blobs import ForeignURLPolicy
 from .registry.client import RegistryClient, RetryPolicy, Stats
@@ -31,7 +29,7 @@ from .registry.registries_conf import (
     RegistryAdmission,
     RegistrySettings,
 )
-from .store import RegistryStore
+from .store import ConfiguredStore, RegistryStore
 from .vfs.table import InodeTable
 from .views.archive import archive_entries
 from .views.control import control_dir, json_file, stats_document
@@ -176,48 +174,10 @@ class OpenRegistry:
     """One registry of a mount of every registry: made on its first use."""
 
     name: str  # as the path names it (docker.io)
-    store: RegistryStore
+    store: ConfiguredStore
     clients: list[RegistryClient]
     stats: Stats
     tree: RootDir
-
-
-class ConfiguredStore(RegistryStore):
-    """A registry's store that keeps the repositories registries.conf blocks (a prefix with
-    a repository path, `docker.io/library/alpine`) out: ENOENT, without a request."""
-
-    def __init__(self, *args: Any, name: str, conf: RegistriesConf, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.name = name
-        self.conf = conf
-
-    def check(self, repo: str) -> None:
-        if self.conf.repository_blocked(self.name, repo):
-            raise NotFoundError(f"{self.name}/{repo} is blocked by registries.conf")
-
-    async def document(
-        self, repo: str, reference: str, *, current: mf.Document | None = None
-    ) -> mf.Document:
-        self.check(repo)
-        return await super().document(repo, reference, current=current)
-
-    async def tags(self, repo: str) -> list[str]:
-        self.check(repo)
-        return await super().tags(repo)
-
-    async def catalog(self) -> list[str] | None:
-        repos = await super().catalog()
-        if repos is None:
-            return None
-        return [r for r in repos if not self.conf.repository_blocked(self.name, r)]
-
-    def blob(self, repo: str, descriptor: mf.Descriptor) -> BlobRef:
-        self.check(repo)
-        return super().blob(repo, descriptor)
-
-    async def referrers(self, repo: str, digest: str) -> list[mf.Descriptor]:
-        self.check(repo)
-        return await super().referrers(repo, digest)
 
 
 class AllRegistries:
@@ -243,7 +203,7 @@ class AllRegistries:
         self.cache = cache
         self.layers = layers
         self.started = started
-        self.open: dict[str, OpenRegistry] = {}  # by host[:port] connected to
+        self.open: dict[str, OpenRegistry] = {}  # by where: host[:port]/[path]
         self.by_name: dict[str, OpenRegistry] = {}  # by the name paths use
         self._opening: dict[str, trio.Lock] = {}
 
@@ -272,17 +232,13 @@ class AllRegistries:
         return opened.tree
 
     async def _open(self, name: str, settings: RegistrySettings) -> OpenRegistry | None:
-        if settings.namespace:  # the store asks for repositories by their own names
-            log.warning(
-                "registry %s: location %s has a path: not supported", name, settings.location
-            )
-            return None
         address = parse_registry(settings.host)
         # docker.io and registry-1.docker.io are one registry: opened once, also in parallel.
-        async with self._opening.setdefault(address.host, trio.Lock()):
-            same = self.open.get(address.host)
+        where = f"{address.host}/{settings.namespace}"
+        async with self._opening.setdefault(where, trio.Lock()):
+            same = self.open.get(where)
             if same is None:
-                same = self.open[address.host] = await self._connect(name, settings, address)
+                same = self.open[where] = await self._connect(name, settings, address)
             return same
 
     async def _connect(
@@ -290,24 +246,32 @@ class AllRegistries:
     ) -> OpenRegistry:
         stats = Stats()
         cas = [str(p) for p in settings.ca_files]
-        mirrors = [m for m in [await self._mirror(m, stats) for m in settings.mirrors] if m]
+        made = [(m, await self._mirror(m, stats)) for m in settings.mirrors]
+        usable = [(m, c) for m, c in made if c is not None]
         try:
-            client = await self._reach(address, settings.insecure, cas, stats, mirrors)
+            client = await self._reach(
+                address, settings.insecure, cas, stats, [c for _, c in usable]
+            )
         except RegfsError:
-            for mirror in mirrors:
+            for _, mirror in usable:
                 await mirror.aclose()
             raise
-        store = ConfiguredStore(
-            client,
-            name=name,
-            conf=self.conf,
-            mirrors=mirrors,
-            disk=self.disk,
-            policy=ForeignURLPolicy(self.config.foreign_url_allow),
-            offline=self.config.options.offline,
-            tag_ttl=self.config.options.tag_ttl,
-        )
-        clients = [client, *mirrors]
+
+        def store_with(modes: tuple[str, ...]) -> RegistryStore:
+            return RegistryStore(
+                client,
+                mirrors=[c for m, c in usable if m.pull_from_mirror in modes],
+                disk=self.disk,
+                policy=ForeignURLPolicy(self.config.foreign_url_allow),
+                offline=self.config.options.offline,
+                tag_ttl=self.config.options.tag_ttl,
+            )
+
+        by_digest = store_with(("all", "digest-only"))
+        tag_only = any(m.pull_from_mirror != "all" for m, _ in usable)
+        by_tag = store_with(("all", "tag-only")) if tag_only else by_digest
+        store = ConfiguredStore(by_tag, by_digest, settings, self.conf)
+        clients = [client, *(c for _, c in usable)]
         tree = RootDir(
             store,
             self.cache,
@@ -386,15 +350,6 @@ class AllRegistries:
         raise failure
 
     async def _mirror(self, mirror: MirrorSettings, stats: Stats) -> RegistryClient | None:
-        if mirror.pull_from_mirror != "all":
-            # regfs asks its mirrors for tags and digests alike: one that must not serve
-            # tags (or digests) is left out rather than asked for what it must not answer.
-            log.warning(
-                "mirror %s: pull-from-mirror = %s is not supported; not used",
-                mirror.location,
-                mirror.pull_from_mirror,
-            )
-            return None
         if mirror.namespace:
             log.warning(
                 "mirror %s: a location with a path is not supported; not used", mirror.location

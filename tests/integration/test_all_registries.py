@@ -51,6 +51,7 @@ ANON_HOST, HTP_HOST, TOKEN_HOST, MIRROR_HOST, BLOCKED_HOST = (
     "127.0.0.5",
     "127.0.0.6",
 )
+TEAM_NAME = "team.example"  # a name for anon's team/ namespace: a location with a path
 HAL = ("hal", "hal-secret-pw")
 TOM = ("tom", "tom-secret-pw")
 BLOCK = "256K"
@@ -187,6 +188,12 @@ location = "{anon.host}"
 insecure = true
 [[registry.mirror]]
 location = "{mirror.host}"
+insecure = true
+pull-from-mirror = "digest-only"
+
+[[registry]]
+prefix = "{TEAM_NAME}"
+location = "{anon.host}/team"
 insecure = true
 
 [[registry]]
@@ -329,7 +336,7 @@ def test_root_lists_the_configured_registries_not_the_blocked_one(
     mount: Mount, world: World
 ) -> None:
     assert sorted(os.listdir(mount.path)) == sorted(
-        [".regfs", world.anon.host, world.htp.host, world.token.host]
+        [".regfs", world.anon.host, world.htp.host, world.token.host, TEAM_NAME]
     )
 
 
@@ -382,7 +389,18 @@ def test_the_mirror_serves_blobs_with_no_upstream_traffic(mount: Mount, world: W
     mirrored = [x for x in requests_to(log, world.mirror.host) if "/blobs/" in x]
     assert any(" -> 200" in x or " -> 206" in x for x in mirrored), log
     assert not [x for x in requests_to(log, world.anon.host) if "/blobs/" in x]
+    # pull-from-mirror = "digest-only": the tag is resolved by the registry itself.
+    assert not [x for x in requests_to(log, world.mirror.host) if "/manifests/1 " in x]
+    assert [x for x in requests_to(log, world.anon.host) if "/team/app-a/manifests/1 " in x]
     assert len(blob_gets(world.anon)) == world.anon_blob_gets, blob_gets(world.anon)
+
+
+def test_a_location_with_a_path_is_put_before_repository_names(mount: Mount, world: World) -> None:
+    """team.example is anon's team/ namespace (only manifests are read here: the mirror
+    test counts the blobs anon serves)."""
+    assert os.listdir(mount.path / TEAM_NAME) == ["app-a"]  # anon's catalog, below team/
+    image = mount.path / TEAM_NAME / "app-a" / "1"
+    assert (image / "manifest.json").read_bytes() == world.anon_image.manifest_bytes
 
 
 def test_the_insecure_registry_is_reached_over_plain_http(mount: Mount, world: World) -> None:
