@@ -19,7 +19,7 @@ from .cache import BlockCache, DiskCache
 from .dirs import default_cache_dir
 from .errors import RegfsError, UntrustedCertificateError
 from .layers import LayerFiles
-from .oci.reference import RegistryAddress, parse_registry
+from .oci.reference import RegistryAddress, is_repository, parse_registry
 from .registry.blobs import ForeignURLPolicy
 from .registry.client import RegistryClient, RetryPolicy, Stats
 from .registry.credentials import load_credentials
@@ -210,6 +210,16 @@ class AllRegistries:
     def listed(self) -> list[str]:
         """Configured (not blocked) and used since the mount started."""
         return sorted({*self.conf.configured(), *self.by_name})
+
+    def alias(self, name: str) -> str | None:
+        """`alpine` -> `docker.io/library/alpine` by [aliases], for a name that cannot be a
+        registry's (docker's rule: a registry has a `.` or a `:`, or is localhost)."""
+        if "." in name or ":" in name or name == "localhost":
+            return None
+        target = self.conf.alias(name)
+        if target is None or not is_repository(target.split("/", 1)[-1]):
+            return None
+        return target
 
     async def tree(self, name: str) -> RootDir | None:
         """The registry's tree, or None when nothing answers there like a registry; raises
@@ -459,5 +469,6 @@ def make_all_tree(
         control=control,
         started=services.started,
         retry_after=options.tag_ttl,
+        alias=registries.alias,
     )
     return InodeTable(root)

@@ -8,6 +8,8 @@ only `open_registry` (given by compose) decides what it is: it checks who may be
 to before anything connects, probes `/v2/` the first time, and gives the registry's tree (a
 `RootDir`) or None. A name that is not a registry is asked about again only after
 `retry_after`, so a file manager's probes of `autorun.inf` cost one lookup, not one each.
+A short name registries.conf aliases (`alpine` = `docker.io/library/alpine`) is a symlink to
+that repository's directory (not listed: shortnames.conf alone has hundreds).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 import trio
 
 from ..errors import NotFoundError
-from ..vfs.nodes import Dir, Node
+from ..vfs.nodes import Dir, Node, Symlink
 
 # What compose gives: the tree of a registry by the name a path uses for it (None: there is
 # no registry there; RefusedRegistryError, a NotFoundError: it may not be connected to).
@@ -56,6 +58,7 @@ class RegistriesRoot(Dir):
         control: Node | None = None,
         started: float | None = None,
         retry_after: float = 60.0,
+        alias: Callable[[str], str | None] = lambda name: None,
     ) -> None:
         started = time.time() if started is None else started
         super().__init__("", started, immutable=False)
@@ -64,7 +67,9 @@ class RegistriesRoot(Dir):
         self.open_registry = open_registry
         self.control = control
         self.retry_after = retry_after
+        self.alias = alias
         self._dirs: dict[str, RegistryDir] = {}
+        self._links: dict[str, Symlink] = {}  # aliases looked up, one inode each
         self._trees: dict[str, Dir] = {}
         self._absent: dict[str, tuple[float, NotFoundError | None]] = {}  # name -> (when, why)
         self._opening: dict[str, trio.Lock] = {}  # one probe of a name at a time
@@ -78,6 +83,12 @@ class RegistriesRoot(Dir):
     async def lookup(self, name: str) -> Node | None:
         if self.control is not None and name == self.control.name:
             return self.control
+        target = self.alias(name)
+        if target is not None:
+            link = self._links.get(name)
+            if link is None or link.target != target.encode():
+                link = self._links[name] = Symlink(name, target.encode())
+            return link
         if await self.open(name) is None:
             return None
         return self._dir(name)

@@ -199,6 +199,9 @@ insecure = true
 [[registry]]
 location = "{htp.host}"
 
+[aliases]
+"app-b" = "{htp.host}/team/app-b"
+
 [[registry]]
 location = "{token.host}"
 
@@ -401,6 +404,12 @@ def test_a_location_with_a_path_is_put_before_repository_names(mount: Mount, wor
     assert os.listdir(mount.path / TEAM_NAME) == ["app-a"]  # anon's catalog, below team/
     image = mount.path / TEAM_NAME / "app-a" / "1"
     assert (image / "manifest.json").read_bytes() == world.anon_image.manifest_bytes
+
+
+def test_a_short_name_alias_is_a_link_to_its_repository(mount: Mount, world: World) -> None:
+    assert os.readlink(mount.path / "app-b") == f"{world.htp.host}/team/app-b"
+    manifest = mount.path / "app-b" / "1" / "manifest.json"
+    assert manifest.read_bytes() == world.htp_image.manifest_bytes
 
 
 def test_the_insecure_registry_is_reached_over_plain_http(mount: Mount, world: World) -> None:

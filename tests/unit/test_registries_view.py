@@ -6,7 +6,7 @@ import pytest
 import trio
 
 from regfs.errors import NotFoundError, RefusedRegistryError
-from regfs.vfs.nodes import Dir, StaticDir
+from regfs.vfs.nodes import Dir, StaticDir, Symlink
 from regfs.views.registries import RegistriesRoot
 
 
@@ -84,3 +84,14 @@ async def test_a_listed_registry_that_does_not_answer_is_enoent_inside() -> None
     assert isinstance(node, Dir)
     with pytest.raises(NotFoundError):
         await node.entries()
+
+
+async def test_an_alias_is_a_link_and_opens_nothing() -> None:
+    opener = Opener()
+    aliases = {"alpine": "docker.io/library/alpine"}
+    tree = RegistriesRoot(listed=list, open_registry=opener, alias=aliases.get)
+    link = await tree.lookup("alpine")
+    assert isinstance(link, Symlink) and link.target == b"docker.io/library/alpine"
+    assert await tree.lookup("alpine") is link  # one inode
+    assert "alpine" not in await tree.entries()
+    assert opener.asked == []
