@@ -32,6 +32,7 @@ from .dirs import state_dir
 from .errors import RegfsError
 from .registry.client import Stats
 from .registry.http import tune_read_size
+from .registry.registries_conf import RegistriesConf
 from .store import RegistryStore
 from .vfs.fuse import Operations
 from .vfs.kernel import HandshakeError, captured_stderr, when_serving
@@ -127,6 +128,8 @@ def run(config: MountConfig) -> int:
     """Mount; detached unless --foreground, returning only once the mount is live."""
     config.mountpoint = config.mountpoint.absolute()
     cleaned = check_mountpoint(config.mountpoint)
+    if config.all_registries:
+        RegistriesConf.load()  # a broken registries.conf: a one-line error (exit 2), here
 
     def log_cleaned() -> None:  # once logging goes where this mount's log goes
         if cleaned:

@@ -529,6 +529,18 @@ def test_a_base_layer_in_two_registries_is_fetched_once(tmp_path: Path, world: W
     assert fetched_b < 100_000  # manifests and config, not the 700 kB base
 
 
+def test_a_broken_registries_conf_stops_the_mount(tmp_path: Path, world: World) -> None:
+    conf = tmp_path / "registries.conf"
+    conf.write_text('[[registry]]\nlocation = "a.example"\ninsecure = "yes"\n')
+    (tmp_path / "mnt").mkdir()
+    env = dict(world.env, CONTAINERS_REGISTRIES_CONF=str(conf))
+    result = run_regfs(["mount", "--all-registries", str(tmp_path / "mnt")], env=env)
+    assert result.returncode == 2, result
+    assert str(conf) in result.stderr and "insecure" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not is_mounted(tmp_path / "mnt")
+
+
 # -- mount(8) ------------------------------------------------------------------------------------
 
 
