@@ -312,11 +312,12 @@ class AllRegistries:
         client = self._client(address, insecure, cas, stats)
         if not probe:
             return client
+        fallback = insecure and address.scheme == "https"
         try:
-            await ping_once(client)
+            await ping_once(client, counted=not fallback)
             return client
         except RegfsError as exc:
-            if not insecure or address.scheme != "https":
+            if not fallback:
                 await client.aclose()
                 raise
             log.info("%s: https does not answer (%s): plain http", address.host, exc)
@@ -387,14 +388,18 @@ class AllRegistries:
                 await client.aclose()
 
 
-async def ping_once(client: RegistryClient) -> None:
+async def ping_once(client: RegistryClient, *, counted: bool = True) -> None:
     """`/v2/` answers like a registry (200 or 401), asked once: a name where nothing answers
-    is ENOENT now, not after the client's retries."""
+    is ENOENT now, not after the client's retries. Not `counted`: the attempt stays out of
+    the registry's figures (https tried first at an insecure registry that speaks http)."""
     retry, client.retry = client.retry, RetryPolicy(attempts=1)
+    stats = client.stats
+    if not counted:
+        client.stats = Stats()
     try:
         await client.ping()
     finally:
-        client.retry = retry
+        client.retry, client.stats = retry, stats
 
 
 @dataclass
