@@ -62,9 +62,14 @@ class RegistryAdmission:
 
     def _refuse(self, name: str, reason: str, *, level: int = logging.WARNING) -> None:
         if (name, reason) not in self._logged:
+            if len(self._logged) >= _LOGGED_MAX:
+                self._logged.clear()  # bounded: every user can type new names
             self._logged.add((name, reason))
             log.log(level, "registry %r refused: %s", name, reason)
         raise RefusedRegistryError(f"registry {name!r} refused: {reason}", reason=reason, host=name)
+
+
+_LOGGED_MAX = 4096  # refusals remembered as logged
 
 
 def _port(host: str) -> int:

@@ -33,6 +33,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..oci.reference import DOCKER_HUB_NAMES, is_repository
+from .addresses import Resolver as Resolver
 from .admission import RegistryAdmission as RegistryAdmission
 from .admission import is_registry_name
 
@@ -244,6 +245,8 @@ class RegistriesConf:
         """certs.d as containers/image reads it: the first of $HOME/.config/containers/
         certs.d, /etc/containers/certs.d, /etc/docker/certs.d with a directory named
         host[:port]; its *.crt files are CAs (client *.cert/*.key are not used)."""
+        if not is_registry_name(host):
+            return ()  # "..", "a/b": not a directory name to look at
         for base in self.certs_dirs:
             directory = base / host
             try:

@@ -29,7 +29,9 @@ from regfs.errors import (
     RefusedRegistryError,
     TransientError,
 )
+from regfs.oci.reference import parse_registry
 from regfs.registry.addresses import IPAddress, is_public, literal_address, non_public_reason
+from regfs.registry.admission import is_registry_name
 from regfs.registry.blobs import ForeignURLPolicy
 from regfs.registry.registries_conf import RegistriesConf, RegistryAdmission
 from regfs.vfs.fuse import errno_for
@@ -363,3 +365,35 @@ def test_no_address_of_a_non_public_network_passes(address: IPAddress, mapped: b
 
     literal, named = trio.run(decide)
     assert literal is not None and named is not None
+
+
+class AnswersPublic(FakeResolver):
+    async def __call__(self, host: str, port: int) -> list[IPAddress]:
+        self.asked.append((host, port))
+        return [ipaddress.ip_address("93.184.216.34")]
+
+
+_NAME_CHARS = "abcAB019.-:[]/% _@\x00é"
+
+
+@settings(max_examples=300, deadline=timedelta(milliseconds=500), derandomize=True, database=None)
+@given(st.one_of(st.text(_NAME_CHARS, max_size=16), st.text(max_size=8)))
+def test_only_a_valid_host_ever_reaches_the_resolver(name: str) -> None:
+    resolver = AnswersPublic()
+    admission = RegistryAdmission(RegistriesConf(), resolve=resolver)
+
+    async def decide() -> str | None:
+        try:
+            await admission.check(name)
+        except RefusedRegistryError as exc:
+            return exc.reason
+        return None
+
+    reason = trio.run(decide)
+    if not is_registry_name(name):
+        assert (reason, resolver.asked) == ("is not a valid host[:port]", [])
+    elif literal_address(parse_registry(name).hostname) is not None:
+        assert resolver.asked == []  # judged as the literal it is
+    else:
+        assert reason is None
+        assert [host for host, _ in resolver.asked] == [parse_registry(name).hostname]

@@ -10,6 +10,8 @@ import json
 import logging
 import os
 import re
+import shutil
+import subprocess
 from datetime import timedelta
 from pathlib import Path
 
@@ -544,6 +546,7 @@ def test_ca_files_come_from_the_first_certs_dir_that_has_the_host(etc: Path, hom
     hub = write(etc / "docker" / "certs.d" / "docker.io" / "ca.crt", "x")
     mirror_ca = write(etc / "containers" / "certs.d" / "mirror.local" / "ca.crt", "x")
     remapped = write(etc / "docker" / "certs.d" / "target.example" / "ca.crt", "x")
+    write(home / ".config" / "containers" / "stray.crt", "x")  # what ".." would find
     system_file(
         etc,
         '[[registry]]\nlocation = "reg.example:5000"\n[[registry.mirror]]\nlocation = "mirror.local"\n'
@@ -688,3 +691,65 @@ def test_prefix_matching_properties(
     assert conf.repository_blocked(f"{sub}.{host}", repo)
     assert not conf.repository_blocked(host, repo)
     assert not conf.settings(f"x{host}").configured
+
+
+# --------------------------------------------------------------------------------------------
+# the same decisions as containers/image itself (skopeo)
+
+SKOPEO_CONF = """
+[[registry]]
+location = "127.0.0.1"
+blocked = true
+
+[[registry]]
+location = "127.0.0.1:5999/ok"
+
+[[registry]]
+location = "127.0.0.2:5000/team/secret"
+blocked = true
+
+[[registry]]
+location = "127.0.0.3:5000"
+blocked = true
+"""
+SKOPEO_DROP_IN = '[[registry]]\nlocation = "127.0.0.3:5000"\n'  # unblocks it again
+# Only loopback literals: a reference skopeo does not block, it connects to.
+SKOPEO_REFERENCES = [
+    "127.0.0.1/x/y",
+    "127.0.0.1:5998/x/y",  # a host prefix covers the host's other ports
+    "127.0.0.1:5999/ok/y",  # the longer prefix unblocks
+    "127.0.0.1:5999/okay/y",  # ... only at a path boundary
+    "127.0.0.2:5000/team/secret/tool",
+    "127.0.0.2:5000/team/public",
+    "127.0.0.3:5000/x/y",  # the drop-in replaced the table with that prefix
+]
+
+
+@pytest.mark.registry
+@pytest.mark.skipif(shutil.which("skopeo") is None, reason="needs skopeo")
+def test_blocked_decisions_are_those_of_skopeo(tmp_path: Path) -> None:
+    main = write(tmp_path / "registries.conf", SKOPEO_CONF)
+    write(tmp_path / "home/.config/containers/registries.conf.d/10.conf", SKOPEO_DROP_IN)
+    env = {"HOME": str(tmp_path / "home"), "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    conf = RegistriesConf.load({**env, "CONTAINERS_REGISTRIES_CONF": str(main)}, etc=tmp_path)
+    ours, theirs = {}, {}
+    for reference in SKOPEO_REFERENCES:
+        host, _, repository = reference.partition("/")
+        ours[reference] = conf.repository_blocked(host, repository)
+        done = subprocess.run(
+            ["skopeo", "--registries-conf", str(main), "inspect", "--retry-times", "0",
+             "--tls-verify=false", f"docker://{reference}"],
+            env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode != 0, done.stdout  # nothing listens there: never a success
+        theirs[reference] = "is blocked in" in done.stderr
+    assert ours == theirs
+    assert sorted(r for r, blocked in ours.items() if blocked) == [
+        "127.0.0.1/x/y",
+        "127.0.0.1:5998/x/y",
+        "127.0.0.1:5999/okay/y",
+        "127.0.0.2:5000/team/secret/tool",
+    ]
+    # A whole registry is blocked by its host's table alone: stricter than podman where a
+    # longer prefix unblocks a repository inside it (127.0.0.1:5999/ok).
+    assert conf.settings("127.0.0.1:5999").blocked
