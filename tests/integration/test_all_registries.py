@@ -544,7 +544,9 @@ def test_a_broken_registries_conf_stops_the_mount(tmp_path: Path, world: World) 
 # -- mount(8) ------------------------------------------------------------------------------------
 
 
-def test_mount_t_fuse_regfs_with_all_registries(tmp_path: Path, world: World) -> None:
+def test_mount_t_fuse_regfs_and_an_fstab_line_with_all_registries(
+    tmp_path: Path, world: World
+) -> None:
     if os.geteuid() != 0:
         pytest.skip("mount(8) with a helper in /usr/sbin needs root")
     regfs = Path(sys.executable).parent / "regfs"
@@ -570,6 +572,24 @@ def test_mount_t_fuse_regfs_with_all_registries(tmp_path: Path, world: World) ->
         image = world.anon_image
         manifest = mnt / world.anon.host / image.repo / "1" / "manifest.json"
         assert manifest.read_bytes() == image.manifest_bytes
+        assert subprocess.run(["umount", str(mnt)], capture_output=True).returncode == 0
+
+        # The fstab line the README shows: `regfs` in the first field.
+        fstab = tmp_path / "fstab"
+        fstab.write_text(
+            f"regfs  {mnt}  fuse.regfs  ro,all_registries,noauto,nofail,_netdev,"
+            f"cache_dir={tmp_path / 'cache'},block_size={BLOCK}  0 0\n"
+        )
+        result = subprocess.run(
+            ["mount", "--fstab", str(fstab), str(mnt)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        assert manifest.read_bytes() == image.manifest_bytes
+        assert sorted(os.listdir(mnt))[0] == ".regfs"
         assert subprocess.run(["umount", str(mnt)], capture_output=True).returncode == 0
     finally:
         force_unmount(mnt)
