@@ -235,13 +235,11 @@ class AllRegistries:
             level = logging.WARNING if isinstance(exc, UntrustedCertificateError) else logging.INFO
             log.log(level, "registry %s: no registry answers there (%s)", name, exc)
             return None
-        if opened is None:
-            return None
         self.by_name[name] = opened
         log.info("registry %s: using %s", name, opened.store.client.address)
         return opened.tree
 
-    async def _open(self, name: str, settings: RegistrySettings) -> OpenRegistry | None:
+    async def _open(self, name: str, settings: RegistrySettings) -> OpenRegistry:
         address = parse_registry(settings.host)
         # docker.io and registry-1.docker.io are one registry: opened once, also in parallel.
         where = f"{address.host}/{settings.namespace}"
