@@ -100,9 +100,11 @@ MAIN_EXAMPLES = (
   regfs cat alpine:3.20/rootfs/etc/os-release      # no mount: a file of an image
   regfs cp mcr.microsoft.com/windows/servercore:ltsc2019-amd64/image.tar .
   mount -t fuse.regfs mcr.microsoft.com /mnt/mcr -o cache_dir=/var/cache/regfs
+  regfs mount --all-registries /mnt/images         # /mnt/images/<registry>/<repo>/<tag>/
 
 fstab:
   mcr.microsoft.com  /mnt/mcr  fuse.regfs  ro,cache_dir=/var/cache/regfs,allow_other,_netdev,nofail  0 0
+  regfs  /mnt/images  fuse.regfs  ro,all_registries,allow_other,_netdev,nofail  0 0
 
 exit codes: 0 ok, 1 failure, 2 usage error, 130 interrupted
 """
@@ -131,6 +133,22 @@ def add_mount_options(p: argparse.ArgumentParser) -> None:
 
 def add_fetch_options(p: argparse.ArgumentParser) -> None:
     """The options that shape fetching: the mount's, and ls/cat/cp's with the same meaning."""
+    p.add_argument(
+        "--all-registries",
+        action="store_true",
+        help="every registry in one mount: MOUNTPOINT/<registry>/<repo>/<tag>/, configured by"
+        " registries.conf, certs.d and docker's / containers' credentials (--registry,"
+        " --mirror, --insecure and --ca-cert are then not used)",
+    )
+    p.add_argument(
+        "--allow-registry",
+        type=_regex,
+        action="append",
+        default=[],
+        metavar="REGEX",
+        help="with --all-registries: also admit registries whose host[:port] matches this"
+        " regex whole, even at private or loopback addresses (repeatable)",
+    )
     p.add_argument(
         "--platform",
         type=_platform,
@@ -304,6 +322,8 @@ def config_from(args: argparse.Namespace) -> MountConfig:
         debug=args.debug,
         op_timeout=args.timeout,
         mirrors=args.mirror,
+        all_registries=args.all_registries,
+        allow_registries=args.allow_registry,
     )
 
 
@@ -323,8 +343,9 @@ HELPER_VALUES = {
     "ca_cert": "--ca-cert",
     "foreign_ca_cert": "--foreign-ca-cert",
     "timeout": "--timeout",
+    "allow_registry": "--allow-registry",
 }
-HELPER_FLAGS = {"offline", "insecure", "foreground", "debug"}
+HELPER_FLAGS = {"offline", "insecure", "foreground", "debug", "all_registries"}
 # Meant for mount(8), systemd or the helper, not for FUSE (which would refuse them).
 # rw is mount(8)'s default; regfs is read-only whatever it says.
 HELPER_IGNORED = {"defaults", "auto", "noauto", "user", "users", "nouser", "owner", "nofail", "rw"}
@@ -369,7 +390,7 @@ def helper_args(argv: list[str]) -> list[str]:
         if key in HELPER_VALUES and has_value:
             args += [HELPER_VALUES[key], value]
         elif key in HELPER_FLAGS and not has_value:
-            args.append(f"--{key}")
+            args.append(f"--{key.replace('_', '-')}")
         elif option in HELPER_IGNORED or option.startswith(HELPER_IGNORED_PREFIXES):
             continue
         else:

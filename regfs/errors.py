@@ -7,6 +7,8 @@ RegfsError
 ├── RegistryError              something went wrong talking to a registry, mirror, CDN or foreign URL
 │   │                          (.host, .status, .digest, .codes: what is known of where and why)
 │   ├── NotFoundError          404 / *_UNKNOWN: the thing does not exist there
+│   │   └── RefusedRegistryError   a registry name a multi-registry mount will not connect
+│   │                          to (.reason: blocked, not a host[:port], non-public address)
 │   ├── AuthError              401/403 that credentials could not fix
 │   │   └── UntrustedRegistryCertificateError   (see UntrustedCertificateError below)
 │   ├── TransientError         worth retrying: 408, 5xx, resets, timeouts (.retry_after)
@@ -21,6 +23,7 @@ RegfsError
 ├── IntegrityError             bytes that do not match their digest (.digest)
 ├── OfflineError               --offline and the thing is not cached
 └── ConfigError                an option, environment variable or file it names that is unusable
+                               (registries.conf: bad TOML or a bad value, naming the file)
 
 The fields are context for callers and logs; the message stays complete on its own, so
 `raise NotFoundError("text")` is as good as ever where nothing more is known.
@@ -67,6 +70,26 @@ class RegistryError(RegfsError):
 
 class NotFoundError(RegistryError):
     """The registry says the thing does not exist."""
+
+
+class RefusedRegistryError(NotFoundError):
+    """A registry name that a multi-registry mount refuses before any request: blocked in
+    registries.conf, not a valid host[:port], or resolving to a non-public address without
+    being configured or allowed (--allow-registry). To a user it does not exist (ENOENT);
+    `reason` says why, for the log."""
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        reason: str = "",
+        host: str | None = None,
+        status: int | None = None,
+        digest: str | None = None,
+        codes: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(message, host=host, status=status, digest=digest, codes=codes)
+        self.reason = reason
 
 
 class AuthError(RegistryError):

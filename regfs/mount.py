@@ -19,11 +19,20 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from .compose import MountConfig, build_services, make_tree
+from .compose import (
+    AllServices,
+    MountConfig,
+    Services,
+    build_all_services,
+    build_services,
+    make_all_tree,
+    make_tree,
+)
 from .dirs import state_dir
 from .errors import RegfsError
 from .registry.client import Stats
 from .registry.http import tune_read_size
+from .registry.registries_conf import RegistriesConf
 from .store import RegistryStore
 from .vfs.fuse import Operations
 from .vfs.kernel import HandshakeError, captured_stderr, when_serving
@@ -119,6 +128,8 @@ def run(config: MountConfig) -> int:
     """Mount; detached unless --foreground, returning only once the mount is live."""
     config.mountpoint = config.mountpoint.absolute()
     cleaned = check_mountpoint(config.mountpoint)
+    if config.all_registries:
+        RegistriesConf.load()  # a broken registries.conf: a one-line error (exit 2), here
 
     def log_cleaned() -> None:  # once logging goes where this mount's log goes
         if cleaned:
@@ -207,12 +218,19 @@ def tune_malloc() -> None:
 async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
     tune_malloc()
     tune_read_size()
-    services = build_services(config, Stats())
+    services: Services | AllServices
+    read_sizes: Counter[int] = Counter()
+    if config.all_registries:
+        # No registry to ping: each is looked up (admission, then /v2/) when a path names it.
+        services = build_all_services(config)
+        tree = make_all_tree(services, config.options, read_sizes)
+    else:
+        services = build_services(config, Stats())
     try:
-        if not config.options.offline:
-            await _ping(services.store, config)
-        read_sizes: Counter[int] = Counter()
-        tree = make_tree(services, config.options, read_sizes)
+        if isinstance(services, Services):
+            if not config.options.offline:
+                await _ping(services.store, config)
+            tree = make_tree(services, config.options, read_sizes)
         ops = Operations(
             tree,
             op_timeout=config.op_timeout,
@@ -274,7 +292,8 @@ async def _ready_when_serving(
     finally:
         end_capture()
     start.ready = True
-    where = (config.registry, config.mountpoint, serving.device, serving.read_ahead_kb)
+    registry = "every registry" if config.all_registries else config.registry
+    where = (registry, config.mountpoint, serving.device, serving.read_ahead_kb)
     log.info("mounted %s at %s (device %s, read_ahead_kb %s)", *where)
     ready()
 

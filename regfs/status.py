@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from rich import box
-from rich.console import Console, Group
+from rich.console import Console, Group, RenderableType
 from rich.table import Column, Table
 from rich.text import Text
 
@@ -116,7 +116,25 @@ def render_status(mountpoint: Path, doc: dict[str, object]) -> Group:
     for empty in (hosts, errors):
         if not empty.row_count:
             empty.add_row("(none)", "")
-    return Group(summary, "", cache, "", hosts, "", errors)
+    parts: list[RenderableType] = [summary, "", cache, "", hosts, "", errors]
+    per_registry = get("registries")  # a mount of every registry: each one's own figures
+    if isinstance(per_registry, dict):
+        registries = table("registry", "requests", "retries", "bytes", "errors")
+        for name, figures in sorted(per_registry.items()):
+            figures = figures if isinstance(figures, dict) else {}
+            fetched = figures.get("bytes_fetched_by_host")
+            failed = figures.get("errors")
+            registries.add_row(
+                Text(f"{name} ({figures.get('address')})"),
+                str(num(figures.get("requests"))),
+                str(num(figures.get("retries"))),
+                cachectl.human(sum(map(num, fetched.values())) if isinstance(fetched, dict) else 0),
+                str(sum(map(num, failed.values())) if isinstance(failed, dict) else 0),
+            )
+        if not registries.row_count:
+            registries.add_row("(none used yet)", "", "", "", "")
+        parts += ["", registries]
+    return Group(*parts)
 
 
 def show(mountpoint: Path, as_json: bool) -> int:

@@ -39,6 +39,7 @@ from .oci.reference import is_digest, registry_key
 from .registry.blobs import BlobSource, ForeignURLPolicy
 from .registry.client import RegistryClient, pull_scope
 from .registry.fallback import via_mirrors
+from .registry.registries_conf import RegistriesConf, RegistrySettings
 
 log = logging.getLogger(__name__)
 
@@ -280,3 +281,74 @@ def is_anonymous(client: RegistryClient) -> bool:
     """Whether the mount has no credentials for the registry. RegistryAuth keeps them to
     itself (they are secrets); only whether there are any is read here."""
     return client.auth._credentials is None
+
+
+class ConfiguredStore:
+    """A registry as registries.conf configures it, in a mount of every registry: its
+    blocked repositories are ENOENT without a request (left out of the catalog too), its
+    location's path is put in front of repository names, and each mirror is asked only what
+    its `pull-from-mirror` allows: `by_tag` holds the mirrors for tags (all, tag-only),
+    `by_digest` those for digests and blobs (all, digest-only); often one store for both."""
+
+    def __init__(
+        self,
+        by_tag: RegistryStore,
+        by_digest: RegistryStore,
+        settings: RegistrySettings,
+        conf: RegistriesConf,
+    ) -> None:
+        self.by_tag = by_tag
+        self.by_digest = by_digest
+        self.settings = settings
+        self.conf = conf
+
+    @property
+    def client(self) -> RegistryClient:
+        return self.by_digest.client
+
+    @property
+    def mirrors(self) -> list[RegistryClient]:
+        return list({id(m): m for m in (*self.by_digest.mirrors, *self.by_tag.mirrors)}.values())
+
+    @property
+    def host(self) -> str:
+        return self.by_digest.host
+
+    @property
+    def offline(self) -> bool:
+        return self.by_digest.offline
+
+    @property
+    def default_namespace(self) -> str | None:
+        return self.by_digest.default_namespace
+
+    def _remote(self, repo: str) -> str:
+        if self.conf.repository_blocked(self.settings.name, repo):
+            raise NotFoundError(f"{self.settings.name}/{repo} is blocked by registries.conf")
+        return self.settings.remote(repo)
+
+    async def document(
+        self, repo: str, reference: str, *, current: mf.Document | None = None
+    ) -> mf.Document:
+        store = self.by_digest if is_digest(reference) else self.by_tag
+        return await store.document(self._remote(repo), reference, current=current)
+
+    async def tags(self, repo: str) -> list[str]:
+        return await self.by_tag.tags(self._remote(repo))
+
+    async def catalog(self) -> list[str] | None:
+        repos = await self.by_digest.catalog()
+        if repos is None:
+            return None
+        below = f"{self.settings.namespace}/" if self.settings.namespace else ""
+        ours = [r[len(below) :] for r in repos if r.startswith(below)]
+        return [r for r in ours if not self.conf.repository_blocked(self.settings.name, r)]
+
+    def blob(self, repo: str, descriptor: mf.Descriptor) -> BlobRef:
+        return self.by_digest.blob(self._remote(repo), descriptor)
+
+    async def blob_size(self, repo: str, digest: str) -> int:
+        return await self.by_digest.blob_size(self._remote(repo), digest)
+
+    async def referrers(self, repo: str, digest: str) -> list[mf.Descriptor]:
+        return await self.by_digest.referrers(self._remote(repo), digest)

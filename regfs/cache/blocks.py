@@ -1,7 +1,8 @@
 """The block cache: memory LRU over the disk tier (disk.py), single-flight fetches, readahead
 (readahead.py decides the window) and verification of whole blobs.
 
-Blocks are fixed-size pieces of a blob, keyed by (digest, index). A block is fetched once
+Blocks are fixed-size pieces of a blob, keyed by (digest, index, registry): until the blob
+is verified, one registry's bytes are never another's (state.block_key). A block is fetched once
 however many readers want it; a sequential reader gets readahead that grows with it, split
 into several ranged requests in flight at once (a CDN that throttles each connection still
 gives several times one connection's rate).
@@ -17,7 +18,6 @@ a block read or fetched for an older generation is dropped, never served or kept
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -31,7 +31,7 @@ from .disk import DiskCache
 from .flights import Flight, Run
 from .readahead import Readahead
 from .readahead import ReadStream as ReadStream  # where it was before: imported from here
-from .state import BlobState, CacheStats
+from .state import BlobState, BlobStates, BlockKey, CacheStats, block_key
 
 log = logging.getLogger(__name__)
 
@@ -55,17 +55,16 @@ class BlockCache:
     ) -> None:
         self.disk = disk
         self.block_size = block_size
-        self.memory: LRUCache[tuple[str, int], bytes] = LRUCache(
+        self.memory: LRUCache[BlockKey, bytes] = LRUCache(
             maxsize=max(memory_bytes, block_size), getsizeof=len
         )
         self.readahead = Readahead(readahead_bytes, block_size)
         self.request_blocks = max(1, request_bytes // block_size)
         self.max_background = max_background
         self.offline = offline
-        self.flights: dict[tuple[str, int], Flight] = {}
-        self.states: dict[str, BlobState] = {}
+        self.flights: dict[BlockKey, Flight] = {}
+        self.states = BlobStates(disk)
         self.stats = CacheStats()
-        self.failures: dict[str, int] = {}  # digest -> failed verifications
         self._nursery: trio.Nursery | None = None
         self._touched: set[str] = set()  # blobs whose last use was recorded on disk
 
@@ -90,40 +89,16 @@ class BlockCache:
         return start, min(size, start + self.block_size)
 
     def is_verified(self, digest: str) -> bool:
-        state = self.states.get(digest)
-        if state is not None:
-            return state.verified
-        return self.disk is not None and self.disk.is_verified(digest)
+        return self.states.is_verified(digest)
 
     def in_flight(self) -> int:
         return len(self.flights)
 
     def _state(self, blob: BlobRef) -> BlobState:
-        state = self.states.get(blob.digest)
-        if state is None:
-            algorithm = blob.digest.split(":", 1)[0]
-            state = BlobState(algorithm, hashlib.new(algorithm))
-            state.verified = self.disk is not None and self.disk.is_verified(blob.digest)
-            self.states[blob.digest] = state
-        return state
-
-    def _next_generation(self, digest: str) -> None:
-        """Begin a new attempt at the blob: not verified, hashed from its first block again."""
-        state = self.states.get(digest)
-        if state is not None:
-            algorithm = state.algorithm
-            self.states[digest] = BlobState(
-                algorithm, hashlib.new(algorithm), generation=state.generation + 1
-            )
-
-    def _superseded(self, digest: str, generation: int) -> bool:
-        """A purge (or a new verification) since `generation` began: its blocks may be the
-        failed attempt's bytes, so they are neither served nor kept."""
-        state = self.states.get(digest)
-        return state is None or state.generation != generation
+        return self.states.of(blob)
 
     def _cached(self, blob: BlobRef, index: int) -> bool:
-        if (blob.digest, index) in self.memory:
+        if block_key(blob, index) in self.memory:
             return True
         return self.disk is not None and self.disk.has_block(blob.digest, index, blob.registry)
 
@@ -139,7 +114,7 @@ class BlockCache:
     def release(self, blob: BlobRef, index: int) -> None:
         """A one-pass reader (an index build) is done with this block: drop it from memory if
         the disk holds it, so a layer streamed once does not fill the memory LRU."""
-        key = (blob.digest, index)
+        key = block_key(blob, index)
         if (
             self.disk is not None
             and key not in self.flights
@@ -157,10 +132,10 @@ class BlockCache:
         if offset >= end:
             return b""
         first, last = offset // self.block_size, (end - 1) // self.block_size
-        failures_before = self.failures.get(blob.digest, 0)
+        failures_before = self.states.failures(blob)
         if stream is not None:
             if stream.failures_seen is None:
-                stream.failures_seen = self.failures.get(blob.digest, 0)
+                stream.failures_seen = self.states.failures(blob)
             self._check_failures(blob, stream)
             self._read_ahead(blob, stream, offset, end)
         parts = []
@@ -171,7 +146,7 @@ class BlockCache:
         await self.verify_if_complete(blob, reads_end=last == self.blocks(blob.size) - 1)
         # Any read that overlapped a failed verification may hold purged bytes; reads that
         # begin after it start clean (no flag left for whoever comes next).
-        if self.failures.get(blob.digest, 0) > failures_before:
+        if self.states.failures(blob) > failures_before:
             raise IntegrityError(f"blob {blob.digest} does not match its digest")
         if stream is not None:
             self._check_failures(blob, stream)
@@ -182,8 +157,8 @@ class BlockCache:
 
     async def block(self, blob: BlobRef, index: int, *, want_through: int | None = None) -> bytes:
         """One block, from memory, disk or the network (one fetch however many ask)."""
-        key = (blob.digest, index)
-        failures_before = self.failures.get(blob.digest, 0)
+        key = block_key(blob, index)
+        failures_before = self.states.failures(blob)
         for _attempt in range(4):
             data = self.memory.get(key)
             if data is not None:
@@ -194,7 +169,7 @@ class BlockCache:
                 await flight.wait()
                 if flight.error is not None:
                     raise flight.error
-                if self.failures.get(blob.digest, 0) > failures_before:
+                if self.states.failures(blob) > failures_before:
                     # The blob failed verification (and was purged) while we waited: fetching
                     # the broken source again would only leave its bytes for the next reader.
                     raise IntegrityError(f"blob {blob.digest} does not match its digest")
@@ -205,7 +180,7 @@ class BlockCache:
                 data = await blocking(
                     blob.size <= SMALL_BLOB, self.disk.read_block, blob.digest, index, blob.registry
                 )
-                if self._superseded(blob.digest, generation):
+                if self.states.superseded(blob, generation):
                     continue  # purged while we read: the file may be from the failed attempt
                 if data is not None and len(data) == self._block_length(blob, index):
                     self.stats.disk_hits += 1
@@ -236,7 +211,7 @@ class BlockCache:
         request; a background (readahead) one is returned as the Run that can stop it."""
         indexes = []
         for index in range(first, stop):
-            if (blob.digest, index) in self.flights or (
+            if block_key(blob, index) in self.flights or (
                 index > first and self._cached(blob, index)
             ):
                 break
@@ -250,13 +225,13 @@ class BlockCache:
             # A verified blob lost blocks (evicted, damaged, pruned): bytes fetched again are
             # checked again, from the first block, before it counts as verified once more.
             log.info("blob %s lost cached blocks; verifying it again", blob.digest[:19])
-            self._next_generation(blob.digest)
+            self.states.next_generation(blob.digest, blob.registry)
             if self.disk is not None:
                 self.disk.unverify(blob.digest)
-        run = Run(blob.digest) if background else None
+        run = Run(blob.digest, blob.registry) if background else None
         flights = {i: Flight(run=run) for i in indexes}
         for i, flight in flights.items():
-            self.flights[(blob.digest, i)] = flight
+            self.flights[block_key(blob, i)] = flight
         if run is not None:
             run.flights = flights
             self._state(blob).background += 1
@@ -286,17 +261,17 @@ class BlockCache:
                 pending_bytes = len(rest)
                 # A purge (digest mismatch) since this run began: its bytes belong to the
                 # failed attempt and must not outlive it; the waiters fetch afresh.
-                if not self._superseded(blob.digest, state.generation):
+                if not self.states.superseded(blob, state.generation):
                     await self._store(blob, index, data)
-                    if self._superseded(blob.digest, state.generation):  # purged while we wrote
-                        self.memory.pop((blob.digest, index), None)
+                    if self.states.superseded(blob, state.generation):  # purged while we wrote
+                        self.memory.pop(block_key(blob, index), None)
                         if self.disk is not None:
                             # Shielded: a readahead stopped now must not leave the block.
                             with trio.CancelScope(shield=True):
                                 await trio.to_thread.run_sync(
                                     self.disk.purge, blob.digest, blob.registry
                                 )
-                self._land(blob.digest, index, flights[index], None)
+                self._land(block_key(blob, index), flights[index], None)
                 index += 1
                 await self._hash_in_order(blob)
 
@@ -309,20 +284,20 @@ class BlockCache:
                 await blob.source.fetch(start, end, BlockSink(sink, self.block_size))
         except Exception as exc:
             for i in range(index, stop):
-                self._land(blob.digest, i, flights[i], exc)
+                self._land(block_key(blob, i), flights[i], exc)
             if run is None:
                 return  # the waiting readers raise it
             log.info("readahead of %s stopped: %s", blob.digest[:19], exc)
         finally:
             for i in range(index, stop):  # cancelled: readers will try again
-                self._land(blob.digest, i, flights[i], None)
+                self._land(block_key(blob, i), flights[i], None)
             if run is not None:
                 run.finished = True
                 state.background -= 1
 
-    def _land(self, digest: str, index: int, flight: Flight, error: BaseException | None) -> None:
-        if self.flights.get((digest, index)) is flight:
-            del self.flights[(digest, index)]
+    def _land(self, key: BlockKey, flight: Flight, error: BaseException | None) -> None:
+        if self.flights.get(key) is flight:
+            del self.flights[key]
         if not flight.done.is_set():
             flight.error = error
             flight.done.set()
@@ -333,7 +308,7 @@ class BlockCache:
         try:
             await self._store_on_disk(blob, index, data)
         finally:
-            self.memory[(blob.digest, index)] = data
+            self.memory[block_key(blob, index)] = data
 
     async def _store_on_disk(self, blob: BlobRef, index: int, data: bytes) -> None:
         if self.disk is not None:
@@ -365,7 +340,7 @@ class BlockCache:
         state = self._state(blob)
         index = ahead.start
         while index < ahead.stop and state.background < self.max_background:
-            key = (blob.digest, index)
+            key = block_key(blob, index)
             flight = self.flights.get(key)
             if flight is not None or key in self.memory:
                 if flight is not None and flight.run is not None:
@@ -397,14 +372,14 @@ class BlockCache:
         stopped = stream.owned.close()
         for run in stopped:
             for index, flight in run.flights.items():  # a reader after this fetches afresh
-                self._land(run.digest, index, flight, None)
+                self._land((run.digest, index, run.registry), flight, None)
         if stopped:
             self.stats.readahead_stopped += len(stopped)
             log.debug("a reader closed: %d readahead request(s) stopped", len(stopped))
 
     def _start_load(self, blob: BlobRef, index: int) -> None:
         assert self._nursery is not None
-        flight = self.flights[(blob.digest, index)] = Flight()
+        flight = self.flights[block_key(blob, index)] = Flight()
         self._state(blob).background += 1
         self._nursery.start_soon(self._load_run, blob, index, flight)
 
@@ -418,12 +393,12 @@ class BlockCache:
             )
             # Not after a purge: the file may be from the failed attempt.
             fits = data is not None and len(data) == self._block_length(blob, index)
-            if fits and data is not None and not self._superseded(blob.digest, state.generation):
+            if fits and data is not None and not self.states.superseded(blob, state.generation):
                 self.stats.disk_hits += 1
-                self.memory[(blob.digest, index)] = data
+                self.memory[block_key(blob, index)] = data
         finally:
             state.background -= 1
-            self._land(blob.digest, index, flight, None)  # a miss: readers look again
+            self._land(block_key(blob, index), flight, None)  # a miss: readers look again
 
     # -- verification -------------------------------------------------------------------
 
@@ -431,11 +406,11 @@ class BlockCache:
         """Feed the blob's blocks to its hasher in order, as far as they are at hand."""
         total = self.blocks(blob.size)
         async with state.lock:
-            if self._superseded(blob.digest, state.generation):
+            if self.states.superseded(blob, state.generation):
                 return  # judged (and purged) while we waited for the lock: judge it once
             while not state.verified and state.hashed_blocks < total:
                 index = state.hashed_blocks
-                data = self.memory.get((blob.digest, index))
+                data = self.memory.get(block_key(blob, index))
                 if data is None and self.disk is not None:
                     data = await blocking(
                         blob.size <= SMALL_BLOB,
@@ -473,11 +448,11 @@ class BlockCache:
             return
         log.error("blob %s does not match its digest (got %s): purged", blob.digest, actual)
         self.stats.failed += 1
-        self.failures[blob.digest] = self.failures.get(blob.digest, 0) + 1
+        self.states.failed(blob)
         await self.purge(blob.digest, blob.registry)
 
     def _check_failures(self, blob: BlobRef, stream: ReadStream) -> None:
-        if self.failures.get(blob.digest, 0) > (stream.failures_seen or 0):
+        if self.states.failures(blob) > (stream.failures_seen or 0):
             raise IntegrityError(f"blob {blob.digest} failed verification while open")
 
     async def verify_if_complete(self, blob: BlobRef, *, reads_end: bool = True) -> None:
@@ -492,7 +467,7 @@ class BlockCache:
         # is not complete yet (or was read in another mount): the full check, with its stat
         # calls, runs only when the end of the blob is read then. A mismatch found here (or
         # by any task) shows as a failure count that read() compares.
-        next_at_hand = (blob.digest, state.hashed_blocks) in self.memory
+        next_at_hand = block_key(blob, state.hashed_blocks) in self.memory
         if (next_at_hand or reads_end) and all(
             self._cached(blob, i) for i in range(state.hashed_blocks, total)
         ):
@@ -502,13 +477,13 @@ class BlockCache:
         """Drop every block of the blob (memory, and disk for `registry` or all) and begin its
         next generation, so nothing still on its way for this attempt is kept."""
         self.stats.purges += 1
-        for key in [k for k in self.memory if k[0] == digest]:
+        for key in [k for k in self.memory if k[0] == digest and registry in (None, k[2])]:
             self.memory.pop(key, None)
         if self.disk is not None:
             # Not in a thread: no other task may see the failed attempt's files half-removed
             # (rare: only after a digest mismatch).
             self.disk.purge(digest, registry)
-        self._next_generation(digest)
+        self.states.next_generation(digest, registry)
         await trio.lowlevel.checkpoint()
 
     # -- whole small blobs (configs) ----------------------------------------------------

@@ -34,6 +34,7 @@ class Run:
     for, and the scope that stops it."""
 
     digest: str
+    registry: str  # whose bytes it brings (blocks are keyed per registry until verified)
     flights: dict[int, Flight] = field(default_factory=dict)
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     owners: int = 0  # open streams whose window it serves

@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 
 import trio
 
+from .blob import BlobRef
+from .disk import DiskCache
+
 
 @dataclass
 class CacheStats:
@@ -34,3 +37,62 @@ class BlobState:
     lock: trio.Lock = field(default_factory=trio.Lock)
     background: int = 0  # readahead requests in flight
     landed: bool = False  # a block landed while the hasher held the lock: look again
+
+
+# A block in memory or on its way: (digest, index, registry). Until its blob's digest has
+# matched, what one registry served stays that registry's (as on disk, pending/<registry>/):
+# a reader of another registry neither gets those bytes nor feeds them to its own hasher.
+BlockKey = tuple[str, int, str]
+
+
+def block_key(blob: BlobRef, index: int) -> BlockKey:
+    return (blob.digest, index, blob.registry)
+
+
+class BlobStates:
+    """The verification state of each blob as each registry serves it, and its failures."""
+
+    def __init__(self, disk: DiskCache | None) -> None:
+        self.disk = disk
+        self._states: dict[tuple[str, str], BlobState] = {}
+        self._failures: dict[tuple[str, str], int] = {}  # failed verifications
+
+    def of(self, blob: BlobRef) -> BlobState:
+        key = (blob.digest, blob.registry)
+        state = self._states.get(key)
+        if state is None:
+            algorithm = blob.digest.split(":", 1)[0]
+            state = BlobState(algorithm, hashlib.new(algorithm))
+            state.verified = self.disk is not None and self.disk.is_verified(blob.digest)
+            self._states[key] = state
+        return state
+
+    def is_verified(self, digest: str) -> bool:
+        """Verified through any registry: its bytes are then every registry's."""
+        states = [s for (d, _), s in self._states.items() if d == digest]
+        if states:
+            return any(s.verified for s in states)
+        return self.disk is not None and self.disk.is_verified(digest)
+
+    def next_generation(self, digest: str, registry: str | None) -> None:
+        """Begin a new attempt at the blob (from `registry`, None: every registry): not
+        verified, hashed from its first block again."""
+        for key, state in list(self._states.items()):
+            if key[0] == digest and registry in (None, key[1]):
+                algorithm = state.algorithm
+                self._states[key] = BlobState(
+                    algorithm, hashlib.new(algorithm), generation=state.generation + 1
+                )
+
+    def superseded(self, blob: BlobRef, generation: int) -> bool:
+        """A purge (or a new verification) since `generation` began: its blocks may be the
+        failed attempt's bytes, so they are neither served nor kept."""
+        state = self._states.get((blob.digest, blob.registry))
+        return state is None or state.generation != generation
+
+    def failures(self, blob: BlobRef) -> int:
+        return self._failures.get((blob.digest, blob.registry), 0)
+
+    def failed(self, blob: BlobRef) -> None:
+        key = (blob.digest, blob.registry)
+        self._failures[key] = self._failures.get(key, 0) + 1

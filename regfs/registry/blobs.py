@@ -18,7 +18,6 @@ call instead of a call per chunk; after a cut, the partial piece, then the rest.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
@@ -29,6 +28,7 @@ import trio
 
 from ..errors import ForbiddenURLError, NotFoundError, ProtocolError, RegistryError, TransientError
 from ..oci.manifest import Descriptor
+from .addresses import Resolver, non_public_reason, system_resolve
 from .client import RegistryClient, pull_scope
 from .fallback import fallback_order, mirror_falls_through
 from .http import (
@@ -50,13 +50,15 @@ class ForeignURLPolicy:
     """Which foreign URLs (and redirect targets from them) may be fetched.
 
     A URL admitted by an --foreign-url-allow pattern (matched from its start) passes.
-    Otherwise only https to hosts whose every address is public: loopback, private,
-    link-local (169.254.169.254), unspecified (0.0.0.0) and the like are refused before
-    connecting, also when a DNS name resolves to one.
+    Otherwise only https to hosts whose every address is public (addresses.py, the rule
+    shared with the registry admission): loopback, private, link-local (169.254.169.254),
+    unspecified (0.0.0.0) and the like are refused before connecting, also when a DNS name
+    resolves to one. `resolve` is replaceable for tests.
     """
 
-    def __init__(self, allow: Sequence[str] = ()) -> None:
+    def __init__(self, allow: Sequence[str] = (), resolve: Resolver = system_resolve) -> None:
         self.allow = [re.compile(p) for p in allow]
+        self.resolve = resolve
 
     async def check(self, url: httpx.URL) -> None:
         text = str(url)
@@ -66,24 +68,12 @@ class ForeignURLPolicy:
             raise ForbiddenURLError(
                 f"foreign URL refused (not https): {url.host}", host=url_host(url)
             )
-        for address in await _resolve(url.host, url.port or 443):
-            if not address.is_global:
-                raise ForbiddenURLError(
-                    f"foreign URL refused: {url.host} resolves to non-public {address}",
-                    host=url_host(url),
-                )
-
-
-async def _resolve(host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
-    try:
-        return [ipaddress.ip_address(host)]
-    except ValueError:
-        pass
-    try:
-        infos = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_STREAM)
-    except OSError as exc:
-        raise TransientError(f"cannot resolve {host}: {exc}", host=host) from exc
-    return [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+        try:
+            reason = await non_public_reason(url.host, url.port or 443, self.resolve)
+        except OSError as exc:
+            raise TransientError(f"cannot resolve {url.host}: {exc}", host=url.host) from exc
+        if reason is not None:
+            raise ForbiddenURLError(f"foreign URL refused: {url.host} {reason}", host=url_host(url))
 
 
 @dataclass(frozen=True)

@@ -107,6 +107,7 @@ class RegistryClient:
         ca_cert: str | None = None,
         foreign_ca_certs: Sequence[str] = (),
         insecure: bool = False,
+        ca_files: Sequence[str] = (),  # more CAs for the registry (certs.d/<host>/*.crt)
         timeout: float = 30.0,
         retry: RetryPolicy | None = None,
         stats: Stats | None = None,
@@ -118,7 +119,7 @@ class RegistryClient:
         self.retry = retry or RetryPolicy()
         self.stats = stats or Stats()
         self.http = make_http_client(
-            ca_files=[ca_cert] if ca_cert else [],
+            ca_files=[*([ca_cert] if ca_cert else []), *ca_files],
             insecure=insecure,
             timeout=timeout,
             transport=transport,

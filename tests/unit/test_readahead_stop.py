@@ -87,7 +87,7 @@ async def test_closing_the_stream_stops_the_readahead_it_started() -> None:
         assert outcomes == {(0, 16): "complete", (16, 48): "cancelled"}
         assert cache.in_flight() == 0 and cache.stats.readahead_stopped == 1
         # Nothing was kept of it; a reader who wants it later gets it, fetched afresh.
-        assert (DIGEST, 1) not in cache.memory
+        assert (DIGEST, 1, "reg-a") not in cache.memory
         source.opened.set()
         assert await cache.read(ref, 16, 32) == DATA[16:48]
     assert source.calls[-1].outcome == "complete"
@@ -101,7 +101,7 @@ async def test_blocks_that_arrived_before_the_close_stay() -> None:
         await trio.testing.wait_all_tasks_blocked()
         cache.close_stream(stream)
         await trio.testing.wait_all_tasks_blocked()
-        assert (DIGEST, 1) in cache.memory and (DIGEST, 2) not in cache.memory
+        assert (DIGEST, 1, "reg-a") in cache.memory and (DIGEST, 2, "reg-a") not in cache.memory
         calls = len(source.calls)
         assert await cache.read(ref, BLOCK, BLOCK) == DATA[BLOCK : 2 * BLOCK]
         assert len(source.calls) == calls  # block 1 from memory, not fetched again

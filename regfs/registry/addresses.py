@@ -1,0 +1,80 @@
+"""The one rule for which network addresses regfs may be made to connect to by what it reads
+or by what a user types: public ones only.
+
+Used by the foreign-URL policy (blobs.ForeignURLPolicy: layer URLs a manifest names) and by
+the registry admission of a multi-registry mount (registries_conf.RegistryAdmission: a
+registry name typed as a path). Loopback, private, link-local (169.254.169.254, fe80::),
+unspecified (0.0.0.0, ::), shared (100.64/10), multicast and reserved addresses are refused,
+also when a DNS name resolves to one, and also inside an IPv6 address that carries an IPv4
+one (::ffff:a.b.c.d, 6to4, NAT64). What a name resolves to comes from a `Resolver`, which
+tests replace so that no name is ever looked up, let alone connected to.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from collections.abc import Awaitable, Callable, Sequence
+
+import trio
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+# (host, port) -> the addresses a connection could go to. Raises OSError when the name
+# does not resolve (socket.gaierror, as getaddrinfo does).
+Resolver = Callable[[str, int], Awaitable[Sequence[IPAddress]]]
+
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+# The numeric spellings glibc's inet_aton also takes for IPv4: "127.1", "2130706433", "0x7f.1".
+_INET_ATON = re.compile(r"[0-9A-Fa-fXx.]+")
+
+
+def is_public(address: IPAddress) -> bool:
+    """Whether `address` is a public unicast address (what a connection may go to)."""
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = address.ipv4_mapped
+        if embedded is None and address in _NAT64:
+            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if embedded is not None:
+            return is_public(embedded)
+        if address.sixtofour is not None and not is_public(address.sixtofour):
+            return False
+    return address.is_global and not address.is_multicast and not address.is_reserved
+
+
+def literal_address(host: str) -> IPAddress | None:
+    """`host` as an IP address if it spells one (without brackets), else None. Takes the
+    short and numeric IPv4 forms the system resolver would also take, so that none of them
+    passes for a name."""
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        pass
+    if _INET_ATON.fullmatch(host):
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None
+    return None
+
+
+async def system_resolve(host: str, port: int) -> list[IPAddress]:
+    """What getaddrinfo says `host` resolves to. Raises OSError (socket.gaierror)."""
+    infos = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_STREAM)
+    return [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+
+
+async def non_public_reason(host: str, port: int, resolve: Resolver = system_resolve) -> str | None:
+    """Why a connection to `host` (no brackets, no port) must not be made, or None when
+    every address it has is public. A literal address is judged without resolving; a name
+    is resolved with `resolve` (its OSError propagates)."""
+    literal = literal_address(host)
+    if literal is not None:
+        return None if is_public(literal) else f"is the non-public address {literal}"
+    addresses = await resolve(host, port)
+    if not addresses:
+        return "resolves to no address"
+    for address in addresses:
+        if not is_public(address):
+            return f"resolves to non-public {address}"
+    return None
