@@ -30,9 +30,11 @@ from ..cache.readahead import ReadStream
 from ..errors import IntegrityError, TransientError
 from ..oci.entry import Entry
 from . import build as builder
+from .estargz import Unverifiable
 from .index import FLAT_KIND, KIND, DamagedIndex, Format, LayerIndex, Span, decode, encode
 from .spans import Spans, pread
 from .streams import BlobFile
+from .tocfiles import TocFiles
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +131,14 @@ class LayerFiles:
         self._build_limiter = trio.CapacityLimiter(BUILD_THREADS)
         self._flat_locks: dict[str, trio.Lock] = {}
         self._flat_files: dict[str, IO[bytes]] = {}  # without a disk cache: temporary files
-        self.builds = 0  # indexes built (not loaded)
+        self.builds = 0  # indexes built (not loaded) by a full pass
+        self.tocs = TocFiles(cache, inflated_bytes, self.spans.limiter)
+        self.toc_indexes = 0  # indexes made from a layer's own TOC
+        # TOC layers: the diff_id the config gives each, compared once the whole blob has
+        # been fetched (and verified) anyway; the outcome, per digest.
+        self._diff_ids: dict[str, str] = {}
+        self._diff_checked: dict[str, bool] = {}
+        self._diff_locks: dict[str, trio.Lock] = {}
 
     # -- indexes ------------------------------------------------------------------------
 
@@ -141,6 +150,11 @@ class LayerFiles:
         index = self._indexes.get(blob.digest)
         if index is None:
             index = await self._wait(self._build_for(blob))
+        if index.format.from_toc:
+            if diff_id is not None:
+                self._diff_ids[blob.digest] = diff_id
+            await self._check_whole(blob)
+            return index
         if diff_id is not None and index.diff_id != diff_id:
             log.error(
                 "layer %s: its uncompressed stream is %s, not the diff_id %s the config says",
@@ -194,6 +208,8 @@ class LayerFiles:
         digest = build.blob.digest
         try:
             index = await self._load(digest)
+            if index is None and TocFiles.has_toc(build.blob):
+                index = await self._from_toc(build.blob)
             if index is None:
                 index = await trio.to_thread.run_sync(
                     self._build_blocking, build, limiter=self._build_limiter
@@ -213,6 +229,51 @@ class LayerFiles:
             del self._builds[digest]
             self._builds_finished += 1
             build.finished.set()
+
+    async def _from_toc(self, blob: BlobRef) -> LayerIndex | None:
+        """The index from the layer's own TOC; None when its chunks cannot be checked (a
+        legacy stargz TOC without digests): then the full pass indexes it."""
+        try:
+            index = await self.tocs.index(blob)
+        except Unverifiable as e:
+            log.info(
+                "layer %s: its TOC is not used (%s); indexing it by a full pass", blob.digest, e
+            )
+            return None
+        self.toc_indexes += 1
+        if self.disk is not None:
+            await trio.to_thread.run_sync(self.disk.put_derived, KIND, blob.digest, encode(index))
+        return index
+
+    async def _check_whole(self, blob: BlobRef) -> None:
+        """A TOC layer whose blob has been fetched whole (and verified against its digest)
+        is decompressed once more from the cache and compared with its diff_id, as any layer
+        is: a TOC can disagree with the tar it describes. A mismatch fails every later use
+        of the layer (IntegrityError, logged)."""
+        digest = blob.digest
+        if self._diff_checked.get(digest) is False:
+            raise IntegrityError(f"layer {digest} does not match its diff_id", digest=digest)
+        if digest in self._diff_checked or digest not in self._diff_ids:
+            return
+        if not self.cache.is_verified(digest):
+            return
+        async with self._diff_locks.setdefault(digest, trio.Lock()):
+            if digest not in self._diff_checked:
+                made = await trio.to_thread.run_sync(
+                    self._build_blocking, _Build(blob), limiter=self._build_limiter
+                )
+                expected = self._diff_ids[digest]
+                self._diff_checked[digest] = made.diff_id == expected
+                if made.diff_id != expected:
+                    log.error(
+                        "layer %s: fetched whole, its uncompressed stream is %s, not the "
+                        "diff_id %s the config says (its TOC disagrees with its tar?)",
+                        digest,
+                        made.diff_id,
+                        expected,
+                    )
+        if not self._diff_checked[digest]:
+            raise IntegrityError(f"layer {digest} does not match its diff_id", digest=digest)
 
     async def _load(self, digest: str) -> LayerIndex | None:
         if self.disk is None:
@@ -347,7 +408,13 @@ class LayerFiles:
         return b"".join(parts)
 
     async def _stream(self, blob: BlobRef, index: LayerIndex, start: int, end: int) -> bytes:
-        """Bytes [start, end) of the layer's uncompressed stream."""
+        """Bytes [start, end) of the layer's uncompressed stream (of a TOC layer: of its
+        files' data stream)."""
+        if index.format.from_toc:
+            await self._check_whole(blob)
+            data = await self.tocs.read(blob, index, start, end)
+            await self._check_whole(blob)  # this read may have fetched the last missing block
+            return data
         if index.format is Format.TAR:
             return await self.cache.read(blob, start, end - start)
         k = bisect.bisect_right(index.span_starts, start) - 1

@@ -1,0 +1,162 @@
+"""Layers read through their own TOC (toc.py): the index made from the TOC alone, and file
+bytes made from their own chunks, each checked before a byte of it is returned.
+
+Indexing fetches the blob's tail (eStargz: the footer, then the TOC member; zstd:chunked:
+the manifest at its annotated position), through the block cache like any read, so a small
+layer whose TOC lies in its last block costs that one block. A read fetches the compressed
+ranges of the chunks it covers (one cache read for a run of them), decompresses each in a
+worker thread and compares it with its digest; a mismatch purges the blob's blocks (so the
+next read fetches them again), logs which check failed and raises IntegrityError (EIO).
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import zlib
+
+import trio
+import zstandard
+from cachetools import LRUCache
+
+from ..cache.blob import BlobRef
+from ..cache.blocks import BlockCache
+from ..errors import IntegrityError
+from . import estargz, zstdchunked
+from .index import Format, LayerIndex
+from .streams import decompress_frames
+from .toc import Chunk, TocError, TocLayout, sha256, toc_kind
+
+log = logging.getLogger(__name__)
+
+# Bytes read from an eStargz blob's end at first: the footer, and with it most TOCs.
+TAIL_BYTES = 64 << 10
+
+
+class TocFiles:
+    """Indexes from TOCs, and checked chunk reads, for one mount."""
+
+    def __init__(self, cache: BlockCache, inflated_bytes: int, limiter: trio.CapacityLimiter):
+        self.cache = cache
+        self.limiter = limiter
+        self.memory: LRUCache[tuple[str, int], bytes] = LRUCache(
+            maxsize=max(1, inflated_bytes), getsizeof=len
+        )
+        self.chunks_read = 0  # chunks decompressed and checked
+
+    @staticmethod
+    def has_toc(blob: BlobRef) -> bool:
+        return toc_kind(blob.annotations) is not None
+
+    async def index(self, blob: BlobRef) -> LayerIndex:
+        """The layer's index from its TOC. Raises IntegrityError when the TOC does not match
+        its digest or cannot be read (logged); estargz.Unverifiable when its chunks carry no
+        digests (the caller indexes the layer by a full pass instead)."""
+        kind = toc_kind(blob.annotations)
+        try:
+            if kind == "estargz":
+                layout, fmt = await self._estargz(blob), Format.ESTARGZ
+            else:
+                layout, fmt = await self._zstd_chunked(blob), Format.ZSTD_CHUNKED
+        except estargz.Unverifiable:
+            raise
+        except TocError as e:
+            log.error("layer %s: its %s TOC is not used: %s", blob.digest, kind, e)
+            raise IntegrityError(f"layer {blob.digest}: {e}", digest=blob.digest) from e
+        return LayerIndex(blob.digest, layout.entries, fmt, "", layout.size, chunks=layout.chunks)
+
+    async def _estargz(self, blob: BlobRef) -> TocLayout:
+        if blob.size < estargz.LEGACY_FOOTER_SIZE:
+            raise TocError("the blob is too small to end with a stargz footer")
+        tail_at = max(0, blob.size - TAIL_BYTES)
+        tail = await self.cache.read(blob, tail_at, blob.size - tail_at)
+        toc_offset, footer = estargz.parse_footer(tail)
+        end = blob.size - footer
+        if not 0 <= toc_offset < end:
+            raise TocError(f"the stargz footer points at {toc_offset}, outside the blob")
+        if toc_offset >= tail_at:
+            member = tail[toc_offset - tail_at : end - tail_at]
+        else:
+            member = await self.cache.read(blob, toc_offset, end - toc_offset)
+        return await trio.to_thread.run_sync(
+            estargz.parse,
+            member,
+            toc_offset,
+            blob.size,
+            footer,
+            blob.annotations,
+            limiter=self.limiter,
+        )
+
+    async def _zstd_chunked(self, blob: BlobRef) -> TocLayout:
+        offset, length, uncompressed = zstdchunked.position(blob.annotations, blob.size)
+        manifest = await self.cache.read(blob, offset, length)
+        return await trio.to_thread.run_sync(
+            zstdchunked.parse, manifest, blob.annotations, uncompressed, limiter=self.limiter
+        )
+
+    async def read(self, blob: BlobRef, index: LayerIndex, start: int, end: int) -> bytes:
+        """Bytes [start, end) of the layer's data stream, every chunk used checked."""
+        first = bisect.bisect_right(index.chunk_starts, start) - 1
+        last = bisect.bisect_left(index.chunk_starts, end) - 1
+        numbers = range(max(0, first), last + 1)
+        pieces = {k: self.memory.get((blob.digest, k)) for k in numbers}
+        missing = [k for k, piece in pieces.items() if piece is None]
+        if missing:
+            for k, piece in zip(missing, await self._fetch(blob, index, missing), strict=True):
+                pieces[k] = piece
+                if len(piece) <= self.memory.maxsize:
+                    self.memory[(blob.digest, k)] = piece
+        parts = []
+        for k in numbers:
+            chunk, held = index.chunks[k], pieces[k]
+            assert held is not None
+            parts.append(held[max(0, start - chunk.start) : min(end, chunk.end) - chunk.start])
+        return b"".join(parts)
+
+    async def _fetch(self, blob: BlobRef, index: LayerIndex, numbers: list[int]) -> list[bytes]:
+        chunks = [index.chunks[k] for k in numbers]
+        with_data = [c for c in chunks if c.digest]
+        compressed, base = b"", 0
+        if with_data:
+            base = min(c.cstart for c in with_data)
+            compressed = await self.cache.read(blob, base, max(c.cend for c in with_data) - base)
+        try:
+            pieces = await trio.to_thread.run_sync(
+                _unpack_all, index.format, chunks, compressed, base, limiter=self.limiter
+            )
+        except TocError as e:
+            log.error("layer %s: %s", blob.digest, e)
+            # Blocks that do not give what the TOC says: fetch them again next time.
+            await self.cache.purge(blob.digest, blob.registry)
+            raise IntegrityError(f"layer {blob.digest}: {e}", digest=blob.digest) from e
+        self.chunks_read += len(pieces)
+        return pieces
+
+    def forget(self, digest: str) -> None:
+        for key in [k for k in self.memory if k[0] == digest]:
+            self.memory.pop(key, None)
+
+
+def _unpack_all(fmt: Format, chunks: list[Chunk], compressed: bytes, base: int) -> list[bytes]:
+    return [_unpack(fmt, c, compressed[c.cstart - base : c.cend - base]) for c in chunks]
+
+
+def _unpack(fmt: Format, chunk: Chunk, compressed: bytes) -> bytes:
+    """A chunk's bytes from its compressed range, checked against the TOC's digest."""
+    length = chunk.end - chunk.start
+    if not chunk.digest:
+        return bytes(length)  # zeros the TOC states (zstd:chunked "zeros" chunks)
+    try:
+        if fmt is Format.ESTARGZ:
+            data = zlib.decompressobj(31).decompress(compressed, chunk.inner + length)
+        else:
+            data = decompress_frames(compressed)
+    except (zlib.error, zstandard.ZstdError, OSError) as e:
+        raise TocError(f"chunk at {chunk.cstart} does not decompress: {e}") from e
+    piece = data[chunk.inner : chunk.inner + length]
+    if len(piece) != length or sha256(piece) != chunk.digest:
+        raise TocError(
+            f"chunk at {chunk.cstart} ({length} bytes) does not match its TOC digest {chunk.digest}"
+        )
+    return piece
