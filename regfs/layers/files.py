@@ -134,10 +134,8 @@ class LayerFiles:
         self.builds = 0  # indexes built (not loaded) by a full pass
         self.tocs = TocFiles(cache, inflated_bytes, self.spans.limiter)
         self.toc_indexes = 0  # indexes made from a layer's own TOC
-        # TOC layers: the diff_id the config gives each, compared once the whole blob has
-        # been fetched (and verified) anyway; the outcome, per digest.
-        self._diff_ids: dict[str, str] = {}
-        self._diff_checked: dict[str, bool] = {}
+        # TOC layers fetched whole (and verified) anyway: their uncompressed streams' sha256.
+        self._whole_diff_ids: dict[str, str] = {}
         self._diff_locks: dict[str, trio.Lock] = {}
 
     # -- indexes ------------------------------------------------------------------------
@@ -151,9 +149,10 @@ class LayerFiles:
         if index is None:
             index = await self._wait(self._build_for(blob))
         if index.format.from_toc:
-            if diff_id is not None:
-                self._diff_ids[blob.digest] = diff_id
-            await self._check_whole(blob)
+            # Its diff_id is not known until the blob has been fetched whole: the index
+            # given out carries the one the config claims, which reads compare then.
+            index = replace(index, diff_id=diff_id or "")
+            await self._check_whole(blob, index.diff_id)
             return index
         if diff_id is not None and index.diff_id != diff_id:
             log.error(
@@ -245,34 +244,31 @@ class LayerFiles:
             await trio.to_thread.run_sync(self.disk.put_derived, KIND, blob.digest, encode(index))
         return index
 
-    async def _check_whole(self, blob: BlobRef) -> None:
+    async def _check_whole(self, blob: BlobRef, claimed: str) -> None:
         """A TOC layer whose blob has been fetched whole (and verified against its digest)
-        is decompressed once more from the cache and compared with its diff_id, as any layer
-        is: a TOC can disagree with the tar it describes. A mismatch fails every later use
-        of the layer (IntegrityError, logged)."""
+        is decompressed once more from the cache and compared with the diff_id its config
+        claims, as any layer is: a TOC can disagree with the tar it describes. A mismatch
+        fails that use of the layer (IntegrityError, logged)."""
         digest = blob.digest
-        if self._diff_checked.get(digest) is False:
-            raise IntegrityError(f"layer {digest} does not match its diff_id", digest=digest)
-        if digest in self._diff_checked or digest not in self._diff_ids:
+        computed = self._whole_diff_ids.get(digest)
+        if not claimed or (computed is None and not self.cache.is_verified(digest)):
             return
-        if not self.cache.is_verified(digest):
-            return
-        async with self._diff_locks.setdefault(digest, trio.Lock()):
-            if digest not in self._diff_checked:
-                made = await trio.to_thread.run_sync(
-                    self._build_blocking, _Build(blob), limiter=self._build_limiter
-                )
-                expected = self._diff_ids[digest]
-                self._diff_checked[digest] = made.diff_id == expected
-                if made.diff_id != expected:
-                    log.error(
-                        "layer %s: fetched whole, its uncompressed stream is %s, not the "
-                        "diff_id %s the config says (its TOC disagrees with its tar?)",
-                        digest,
-                        made.diff_id,
-                        expected,
+        if computed is None:
+            async with self._diff_locks.setdefault(digest, trio.Lock()):
+                computed = self._whole_diff_ids.get(digest)
+                if computed is None:
+                    made = await trio.to_thread.run_sync(
+                        self._build_blocking, _Build(blob), limiter=self._build_limiter
                     )
-        if not self._diff_checked[digest]:
+                    computed = self._whole_diff_ids[digest] = made.diff_id
+        if computed != claimed:
+            log.error(
+                "layer %s: fetched whole, its uncompressed stream is %s, not the diff_id %s "
+                "the config says (its TOC may disagree with its tar)",
+                digest,
+                computed,
+                claimed,
+            )
             raise IntegrityError(f"layer {digest} does not match its diff_id", digest=digest)
 
     async def _load(self, digest: str) -> LayerIndex | None:
@@ -411,9 +407,10 @@ class LayerFiles:
         """Bytes [start, end) of the layer's uncompressed stream (of a TOC layer: of its
         files' data stream)."""
         if index.format.from_toc:
-            await self._check_whole(blob)
+            await self._check_whole(blob, index.diff_id)
             data = await self.tocs.read(blob, index, start, end)
-            await self._check_whole(blob)  # this read may have fetched the last missing block
+            # This read may have fetched the blob's last missing block.
+            await self._check_whole(blob, index.diff_id)
             return data
         if index.format is Format.TAR:
             return await self.cache.read(blob, start, end - start)
