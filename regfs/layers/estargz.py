@@ -25,6 +25,7 @@ from .entries import ENCODING, ERRORS, entry_of
 from .toc import (
     ESTARGZ_TOC_DIGEST,
     MAX_TOC_BYTES,
+    FullPassNeeded,
     LayoutBuilder,
     TocError,
     TocLayout,
@@ -36,11 +37,6 @@ FOOTER_SIZE = 51
 LEGACY_FOOTER_SIZE = 47
 TOC_NAME = "stargz.index.json"
 _HEADER = b"\x1f\x8b\x08\x04"  # gzip magic, deflate, FEXTRA
-
-
-class Unverifiable(TocError):
-    """A TOC without chunk digests (legacy stargz): its chunks cannot be checked, so the
-    layer is read by the index pass instead."""
 
 
 def parse_footer(tail: bytes) -> tuple[int, int]:
@@ -103,7 +99,7 @@ def parse(
         raise TocError(f"{TOC_NAME} is cut short")
     toc_digest = annotations.get(ESTARGZ_TOC_DIGEST, "")
     if not toc_digest:
-        raise Unverifiable(f"no {ESTARGZ_TOC_DIGEST} annotation to check {TOC_NAME} against")
+        raise FullPassNeeded(f"no {ESTARGZ_TOC_DIGEST} annotation to check {TOC_NAME} against")
     check_digest(toc_json, toc_digest, TOC_NAME)
     layout = _chunks(entries_json(toc_json, TOC_NAME), toc_offset)
     # The TOC is a tar entry like any other (umoci shows it): its bytes are the ones just
@@ -143,7 +139,7 @@ def _chunks(fields: list[dict[str, Any]], toc_offset: int) -> LayoutBuilder:
         offset = int(f.get("offset", 0))
         digest = f.get("chunkDigest")
         if not digest or not offset:
-            raise Unverifiable(f"{entry.path!r}: a chunk without chunkDigest or offset")
+            raise FullPassNeeded(f"{entry.path!r}: a chunk without chunkDigest or offset")
         k = bisect.bisect_right(starts, offset)
         cend = starts[k] if k < len(starts) else toc_offset
         layout.chunk(entry, at, length, offset, cend, int(f.get("innerOffset", 0)), str(digest))

@@ -30,10 +30,10 @@ from ..cache.readahead import ReadStream
 from ..errors import IntegrityError, TransientError
 from ..oci.entry import Entry
 from . import build as builder
-from .estargz import Unverifiable
 from .index import FLAT_KIND, KIND, DamagedIndex, Format, LayerIndex, Span, decode, encode
 from .spans import Spans, pread
 from .streams import BlobFile
+from .toc import FullPassNeeded
 from .tocfiles import TocFiles
 
 log = logging.getLogger(__name__)
@@ -234,7 +234,7 @@ class LayerFiles:
         legacy stargz TOC without digests): then the full pass indexes it."""
         try:
             index = await self.tocs.index(blob)
-        except Unverifiable as e:
+        except FullPassNeeded as e:
             log.info(
                 "layer %s: its TOC is not used (%s); indexing it by a full pass", blob.digest, e
             )

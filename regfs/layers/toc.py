@@ -43,6 +43,12 @@ class TocError(Exception):
     check failed)."""
 
 
+class FullPassNeeded(TocError):
+    """A TOC that cannot stand for its tar: chunks without digests (legacy stargz) cannot be
+    checked, and a name the producer could not write in JSON (Go writes bytes that are not
+    UTF-8 as U+FFFD) is not the tar's. Such a layer is indexed by the full pass instead."""
+
+
 @dataclass(frozen=True, slots=True)
 class Chunk:
     """Bytes [start, end) of the layer's data stream: made by decompressing blob bytes
@@ -137,6 +143,8 @@ def entry_from_toc(fields: Mapping[str, Any], offset: int) -> Entry | None:
         return None
     name = str(fields.get("name", ""))
     link = str(fields.get("linkName", ""))
+    if "\ufffd" in name or "\ufffd" in link:
+        raise FullPassNeeded(f"the TOC names {name!r}: not the tar's bytes (not UTF-8)")
     xattrs = tuple(
         (str(key), base64.b64decode(value))
         for key, value in sorted((fields.get("xattrs") or {}).items())

@@ -1,9 +1,9 @@
 """Layers read through their own TOC (toc.py): the index made from the TOC alone, and file
 bytes made from their own chunks, each checked before a byte of it is returned.
 
-Indexing fetches the blob's tail (eStargz: the footer, then the TOC member; zstd:chunked:
-the manifest at its annotated position), through the block cache like any read, so a small
-layer whose TOC lies in its last block costs that one block. A read fetches the compressed
+Indexing fetches the TOC (eStargz: the footer, then the TOC member; zstd:chunked: the
+manifest at its annotated position) through the block cache like any read: the blocks
+holding it, so a layer whose TOC lies in its last block costs that one block. A read fetches the compressed
 ranges of the chunks it covers (one cache read for a run of them), decompresses each in a
 worker thread and compares it with its digest; a mismatch purges the blob's blocks (so the
 next read fetches them again), logs which check failed and raises IntegrityError (EIO).
@@ -25,12 +25,9 @@ from ..errors import IntegrityError
 from . import estargz, zstdchunked
 from .index import Format, LayerIndex
 from .streams import decompress_frames
-from .toc import Chunk, TocError, TocLayout, sha256, toc_kind
+from .toc import Chunk, FullPassNeeded, TocError, TocLayout, sha256, toc_kind
 
 log = logging.getLogger(__name__)
-
-# Bytes read from an eStargz blob's end at first: the footer, and with it most TOCs.
-TAIL_BYTES = 64 << 10
 
 
 class TocFiles:
@@ -50,7 +47,7 @@ class TocFiles:
 
     async def index(self, blob: BlobRef) -> LayerIndex:
         """The layer's index from its TOC. Raises IntegrityError when the TOC does not match
-        its digest or cannot be read (logged); estargz.Unverifiable when its chunks carry no
+        its digest or cannot be read (logged); FullPassNeeded when its chunks carry no
         digests (the caller indexes the layer by a full pass instead)."""
         kind = toc_kind(blob.annotations)
         try:
@@ -58,7 +55,7 @@ class TocFiles:
                 layout, fmt = await self._estargz(blob), Format.ESTARGZ
             else:
                 layout, fmt = await self._zstd_chunked(blob), Format.ZSTD_CHUNKED
-        except estargz.Unverifiable:
+        except FullPassNeeded:
             raise
         except TocError as e:
             log.error("layer %s: its %s TOC is not used: %s", blob.digest, kind, e)
@@ -68,16 +65,15 @@ class TocFiles:
     async def _estargz(self, blob: BlobRef) -> TocLayout:
         if blob.size < estargz.LEGACY_FOOTER_SIZE:
             raise TocError("the blob is too small to end with a stargz footer")
-        tail_at = max(0, blob.size - TAIL_BYTES)
-        tail = await self.cache.read(blob, tail_at, blob.size - tail_at)
+        # The footer alone, then the TOC's range: what is fetched is the blocks holding
+        # [TOC, end of blob), however the TOC and the block boundaries fall.
+        footer_at = max(0, blob.size - estargz.FOOTER_SIZE)
+        tail = await self.cache.read(blob, footer_at, blob.size - footer_at)
         toc_offset, footer = estargz.parse_footer(tail)
         end = blob.size - footer
         if not 0 <= toc_offset < end:
             raise TocError(f"the stargz footer points at {toc_offset}, outside the blob")
-        if toc_offset >= tail_at:
-            member = tail[toc_offset - tail_at : end - tail_at]
-        else:
-            member = await self.cache.read(blob, toc_offset, end - toc_offset)
+        member = await self.cache.read(blob, toc_offset, end - toc_offset)
         return await trio.to_thread.run_sync(
             estargz.parse,
             member,

@@ -96,7 +96,8 @@ def test_rootfs_equals_umoci_unpack(
 ) -> None:
     image = toc_images[name]
     kinds = {ESTARGZ_KEY if "estargz" in name else ZSTD_POSITION}
-    for layer in layers_of(toc_registry.url, image):  # the producer did make TOC layers
+    layers = layers_of(toc_registry.url, image)
+    for layer in layers:  # the producer did make TOC layers
         assert kinds <= set(layer["annotations"])  # type: ignore[arg-type]
     reference = UmociUnpacks(toc_registry.host, tmp_path).rootfs(image.repo, image.reference_tag)
     before = indexes(mnt)
@@ -107,10 +108,15 @@ def test_rootfs_equals_umoci_unpack(
         labels=("regfs", "umoci"),
         any_mtime=image.unpack_time_mtimes,
     )
-    assert problems == []
+    assert problems == [], "\n".join(problems)
     after = indexes(mnt)
-    assert after["built"] == before["built"], "a TOC layer went through the full pass"
-    assert after["from_toc"] > before["from_toc"]
+    # Layers 1 and 2 of rootfs/toc hold names that are not UTF-8, which a TOC cannot state
+    # (Go writes U+FFFD): those two go through the full pass, the others are read by TOC.
+    full = 2 if image.repo == "rootfs/toc" else 0
+    assert after["built"] - before["built"] == full
+    assert after["from_toc"] - before["from_toc"] == len(layers) - full
+    if full:
+        assert "not the tar's bytes (not UTF-8)" in mnt.log()
     # umoci shows the TOC as a file, and so does rootfs/ (eStargz only).
     assert (rootfs / "stargz.index.json").exists() == ("estargz" in name)
 
