@@ -37,6 +37,7 @@ FOOTER_SIZE = 51
 LEGACY_FOOTER_SIZE = 47
 TOC_NAME = "stargz.index.json"
 _HEADER = b"\x1f\x8b\x08\x04"  # gzip magic, deflate, FEXTRA
+_EMPTY = b"\x01\x00\x00\xff\xff" + bytes(8)  # an empty final stored block, CRC 0, size 0
 
 
 def parse_footer(tail: bytes) -> tuple[int, int]:
@@ -47,6 +48,7 @@ def parse_footer(tail: bytes) -> tuple[int, int]:
         and f[:4] == _HEADER
         and f[10:16] == b"\x1a\x00SG\x16\x00"
         and f[32:38] == b"STARGZ"
+        and f[38:] == _EMPTY
     ):
         return _hex_offset(f[16:32]), FOOTER_SIZE
     f = tail[-LEGACY_FOOTER_SIZE:]
@@ -55,6 +57,7 @@ def parse_footer(tail: bytes) -> tuple[int, int]:
         and f[:4] == _HEADER
         and f[10:12] == b"\x16\x00"
         and f[28:34] == b"STARGZ"
+        and f[34:] == _EMPTY
     ):
         return _hex_offset(f[12:28]), LEGACY_FOOTER_SIZE
     raise TocError("the blob does not end with an eStargz or stargz footer")
