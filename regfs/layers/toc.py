@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import calendar
+import functools
 import hashlib
 import json
 import re
@@ -103,6 +104,7 @@ def check_digest(data: bytes, expected: str, what: str) -> None:
 _TIME = re.compile(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$")
 
 
+@functools.lru_cache(maxsize=4096)  # a layer's entries share a few mtimes
 def parse_time_ns(text: str) -> int:
     """RFC 3339 (Go's time.Time in JSON, to the nanosecond) as nanoseconds since the epoch;
     Go's zero time and an empty string are 0."""
