@@ -72,13 +72,15 @@ class TocLayout:
 
 
 def toc_kind(annotations: Mapping[str, str]) -> str | None:
-    """'estargz' or 'zstd:chunked' when the layer descriptor's annotations announce a TOC."""
-    if ESTARGZ_TOC_DIGEST in annotations:
-        return "estargz"
+    """'estargz' or 'zstd:chunked' when the layer descriptor's annotations announce a TOC.
+    zstd:chunked first: stargz-snapshotter's zstd:chunked layers carry the eStargz TOC digest
+    annotation too, but no gzip footer."""
     if any(k in annotations for k in ZSTD_POSITION) and any(
         k in annotations for k in ZSTD_CHECKSUM
     ):
         return "zstd:chunked"
+    if ESTARGZ_TOC_DIGEST in annotations:
+        return "estargz"
     return None
 
 

@@ -14,6 +14,7 @@ under `io.github.containers.` (containers/storage since 1.45) or `io.containers.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,6 +34,7 @@ from .toc import (
 )
 
 MANIFEST_TYPE_CRFS = 1  # the only type containers/storage writes
+SKIPPABLE_HEADER = 8  # a skippable frame's magic and size, before the manifest
 
 
 def position(annotations: Mapping[str, str], blob_size: int) -> tuple[int, int, int]:
@@ -59,12 +61,29 @@ def parse(manifest: bytes, annotations: Mapping[str, str], uncompressed: int) ->
         raw = zstandard.ZstdDecompressor().decompress(manifest, max_output_size=uncompressed)
     except zstandard.ZstdError as e:
         raise TocError(f"the zstd:chunked manifest does not decompress: {e}") from e
-    return _chunks(entries_json(raw, "the zstd:chunked manifest"))
+    offset = _manifest_offset(annotations)
+    return _chunks(entries_json(raw, "the zstd:chunked manifest"), offset)
 
 
-def _chunks(fields: list[dict[str, Any]]) -> TocLayout:
+def _manifest_offset(annotations: Mapping[str, str]) -> int:
+    return int(first_of(annotations, ZSTD_POSITION).split(":")[0])  # checked by position()
+
+
+def _chunks(fields: list[dict[str, Any]], manifest_at: int) -> TocLayout:
     layout = LayoutBuilder.new()
-    # The chunks of the file being read: (entry fields) until the next file; each chunk's
+    # Where frames with file data begin: a piece without an end of its own (stargz-
+    # snapshotter's zstd:chunked, which writes the eStargz TOC fields: no endOffset; its
+    # frames go on with the next entries' headers) ends where the next one begins.
+    # The last such piece ends where the manifest's skippable frame begins (its 8-byte
+    # header: magic, size).
+    frame_at = max(0, manifest_at - SKIPPABLE_HEADER)
+    starts = sorted({int(f["offset"]) for f in fields if f.get("offset")} | {frame_at})
+
+    def next_start(at: int) -> int:
+        k = bisect.bisect_right(starts, at)
+        return starts[k] if k < len(starts) else frame_at
+
+    # The chunks of the file being read (entry fields) until the next file; each chunk's
     # frames end where the next one's begin, the last one's at the file's endOffset.
     pending: list[dict[str, Any]] = []
     file: tuple[Entry, dict[str, Any]] | None = None
@@ -80,19 +99,24 @@ def _chunks(fields: list[dict[str, Any]]) -> TocLayout:
             digest = str(own.get("digest", ""))
             if not digest:
                 raise TocError(f"zstd:chunked entry {entry.path!r} has no digest")
-            layout.chunk(entry, 0, entry.size, int(own.get("offset", 0)), end, 0, digest)
+            cstart = int(own.get("offset", 0))
+            cend = end or next_start(cstart)
+            layout.chunk(entry, 0, entry.size, cstart, cend, _inner(own), digest)
             return
         for i, c in enumerate(pending):
             at = int(c.get("chunkOffset", 0))
             later = pending[i + 1] if i + 1 < len(pending) else None
             length = int(c.get("chunkSize", 0)) or entry.size - at
             cstart = int(c.get("offset", 0))
-            cend = int(later["offset"]) if later else end
+            if later is not None and int(later["offset"]) > cstart:
+                cend = int(later["offset"])
+            else:
+                cend = end or next_start(cstart)
             zeros = c.get("chunkType") == "zeros"
             digest = "" if zeros else str(c.get("chunkDigest", ""))
             if not zeros and not digest:
                 raise TocError(f"zstd:chunked chunk of {entry.path!r} has no chunkDigest")
-            layout.chunk(entry, at, length, cstart, cend, 0, digest)
+            layout.chunk(entry, at, length, cstart, cend, _inner(c), digest)
 
     for f in fields:
         kind = f.get("type")
@@ -110,3 +134,7 @@ def _chunks(fields: list[dict[str, Any]]) -> TocLayout:
                 pending.append(f)  # the file's first chunk is described by its own entry
     close()
     return layout.finish()
+
+
+def _inner(fields: Mapping[str, Any]) -> int:
+    return int(fields.get("innerOffset", 0))
