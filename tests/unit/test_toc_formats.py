@@ -27,6 +27,8 @@ from regfs.layers.toc import (
 from regfs.layers.tocfiles import _unpack
 from regfs.oci.entry import EntryKind
 from tests.unit.toc_blobs import (
+    CTR_ZSTD_CHUNKED_ANNOTATIONS,
+    CTR_ZSTD_CHUNKED_BLOB,
     ESTARGZ_ANNOTATIONS,
     ESTARGZ_BLOB,
     ZSTD_CHUNKED_ANNOTATIONS,
@@ -49,8 +51,9 @@ def estargz_layout(annotations: dict[str, str] = ESTARGZ_ANNOTATIONS) -> TocLayo
     return estargz.parse(blob[offset : len(blob) - footer], offset, len(blob), footer, annotations)
 
 
-def zstd_layout(annotations: dict[str, str] = ZSTD_CHUNKED_ANNOTATIONS) -> TocLayout:
-    blob = ZSTD_CHUNKED_BLOB
+def zstd_layout(
+    annotations: dict[str, str] = ZSTD_CHUNKED_ANNOTATIONS, blob: bytes = ZSTD_CHUNKED_BLOB
+) -> TocLayout:
     offset, length, size = zstdchunked.position(annotations, len(blob))
     return zstdchunked.parse(blob[offset : offset + length], annotations, size)
 
@@ -116,6 +119,19 @@ def test_zstd_chunked_entries_and_bytes_match_the_tar() -> None:
     tar = reader.read()
     assert files_of(layout, Format.ZSTD_CHUNKED, ZSTD_CHUNKED_BLOB) == tar_files(tar)
     assert len(layout.chunks) == 4
+
+
+def test_stargz_snapshotters_zstd_chunked_matches_the_tar() -> None:
+    """Both annotation sets, the eStargz TOC fields (no endOffset) in a skippable frame."""
+    annotations = CTR_ZSTD_CHUNKED_ANNOTATIONS
+    assert toc_kind(annotations) == "zstd:chunked"
+    layout = zstd_layout(annotations, CTR_ZSTD_CHUNKED_BLOB)
+    reader = zstandard.ZstdDecompressor().stream_reader(
+        io.BytesIO(CTR_ZSTD_CHUNKED_BLOB), read_across_frames=True
+    )
+    files = files_of(layout, Format.ZSTD_CHUNKED, CTR_ZSTD_CHUNKED_BLOB)
+    assert files == tar_files(reader.read())
+    assert "etc/os-release" in files and ".no.prefetch.landmark" in files
 
 
 def test_zstd_chunked_under_the_newer_annotation_names() -> None:

@@ -1,8 +1,9 @@
-"""Two real TOC layers, recorded here so unit tests need no producer and no network: the same
+"""Real TOC layers, recorded here so unit tests need no producer and no network: the same
 tar (layer 3 of tests/fixtures/toc_images.py's rootfs/toc: a file, a GNU long name, a
 symlink, directories) converted to eStargz by `ctr-remote image convert --estargz --oci`
 (stargz-snapshotter 0.12, Debian) and to zstd:chunked by `skopeo copy
---dest-compress-format zstd:chunked` (skopeo 1.9.3, Debian), with their layer annotations.
+--dest-compress-format zstd:chunked` (skopeo 1.9.3, Debian) and by `ctr-remote image convert
+--zstdchunked --oci`, with their layer annotations.
 """
 
 from __future__ import annotations
@@ -68,4 +69,37 @@ ZSTD_CHUNKED_ANNOTATIONS = {
         "sha256:e8e0302ccbf40028021494bcc2830713faccc88f49305f1edd67735fa029d4e1"
     ),
     "io.containers.zstd-chunked.manifest-position": "740:490:2013:1",
+}
+# Layer 3 again, by `ctr-remote image convert --zstdchunked --oci` (stargz-snapshotter's
+# zstd:chunked: the eStargz TOC fields in a skippable frame, both annotation sets).
+CTR_ZSTD_CHUNKED_BLOB = base64.b64decode(
+    "KLUv/UQAAAGNAgDkAi5uby5wcmVmZXRjaC5sYW5kbWFyawAwMDAwMQAAMDEzMTYyACAwdXN0YXIAMDANABOaFMAM"
+    "YIMAQGCrGoCFoQ6aMAiJEgAMugICh10L6pphVh51KLUv/UQIAAO9AgCygwwTsCcBhC1BEnQVKCV5uROdSVgTKWbo"
+    "ICnZqhTvrnJH7ED0avN/a/4znTQSBekQCiQLCAwAwAGACS4iArBBYBCBnJ1BB5SImQZAt3Jt40BMah/VYQGNzTCF"
+    "KLUv/WQACZ0GANLIHR1AqwokO5FokPxBIRp2BDZRSfI3aR24IbNZFZ/5Aed9sNtz/UMY+H+o8VRAVenkdR3jv869"
+    "L6pi0hpNAUMYwiw91FQ1b+v29n2HjxG6hu1/d/x/RmvE2PWksxySuZpUGERDYArOYlhSYdZBTRDFU4JC0iGXQdIE"
+    "IABgQOUDZplWEDgvCAsDRAoVUkBbXBQJ7ogGyC3QAAU1QKAAMhiJGQQWfBAEzXTgQQhAsjc9aEcBFoANAgEDP18A"
+    "jsEArsYM32wBwLG6DFuvSWfGqVaEyQTgNy18KLUv/UQAAAGlAQC0AmEgR05VIC4vLi9ATG9uZ0xpbmsgZW50cnkg"
+    "aG9sZHMgdGhpcyBuYW1lCgABVBcCLJMmylGnzii1L/1kAAkVBgDiRxkZcDcOgFg6IdJQGyNVOM7kIbaUJs+8qv7j"
+    "pU9cTmmVUsSRIISBObBeifp1XQv1cwL2UuKyEnvcqzOrtJQy8/+3dolZuqHWLjmaGYW1ZyjonMxnKIYlkKiLGXX3"
+    "x0IjRWtXANBBJyAAYEA1oMPAHgWmGxggFOQvSIyZeAA4QNqgMjNZCSjAmg5qgIyCAZRI/EEWYAWB80JYvwEBB4T7"
+    "BVNori5qIFUobAIKpOoAWAw6IBEzbagFwNIVEDjsGianBBQ/WtwotS/9RAgAA4UDAILFEhiQKQ1YdgUAs6SgBAnu"
+    "7oyNO2tly3NB0sn2YlIUd5nf7GV+R+gC56yO/f/vBP+fJB6ABC6UMoxXFyz4gDhJPKwGTC+LSKmLDKyEFAwAwIEF"
+    "FKjECWCDAMEBNKEBDDyLmQZAt7o2nq/pMBvVPQE7+jQcKLUv/UQAAAG1AABwYSBmaWxlIGFnYWluCgABVA4CLO8E"
+    "Qxa4g1AqTRhFAgAAKLUv/WQsCL0RAHKkZSFAa9zYOF2o+SkqGpGS8pxofEYMgUV+d0V2I+f/GwYAeF0PiQGSPCBI"
+    "4o6XLeiQMd1tYYIOdXX5usVWawsbvr9X9lwv5drBb5jOjElmRlmuKm+nQOiFqBlmT5nDXRAq1Ne2pVeG7Tfmb5Ny"
+    "U4ziZfZppuTepz7mWbf1GmxMGw7Dl4WPEXrcQ0oxRKP8i78oEgIH0WlEp+FgiB6/gPqxLOLTWBLigmHFsndbJVvV"
+    "bG21lSl9uZZitep6LS/2bsZKsxW+5nZN6lRLmivXkhAXypDzFIv4NFhqvKt5Yyr1sTrD/zQVOpdMGX+a1HZq63x9"
+    "uaUvx96S51NuMbesUi5Eo7xCoNmoajIHllqUWjRTOo/3OHZ91N94aIkehT8e4AFBkoCDmMDwdb4w6T/HrzV5cbZ7"
+    "j3Gu1Ss7S2bl9i0mF/ur99qqlzV1/uSvaSybESnRL5zXGNEoj48gfFSDEy0eQmB4ACgHUDte7EaC4Y+HDyEknphQ"
+    "EI3yjo4KgiCJA4IkBYhGid6BHvEVJAFQiEaJjxNBr6AgiUM5AAaDBAC4DaidANpBa9l3gmBQwmCQwAMR9MoLB6JI"
+    "GzQFFporgJ5wGrLQ0WUqZasMxdoGqaJ3CwOXlAkNSLxwTSYKPqIrCNdgkAwA9wG1p42Q9ogoEK/MMbMkRBYCCO4U"
+    "OSPEXZYJ4I6e1SkoYTBIAMBtjLZ2RavvSQuz2qH9NmAOi6uKnbWDgQrRgxuwHk08hxoBwqiZ46g2xhGUGeMExK1Q"
+    "Kk0YKAAAAGYDAAAAAAAARQIAAAAAAAAsCQAAAAAAAAEAAAAAAAAAR25VbEluVXg="
+)
+CTR_ZSTD_CHUNKED_ANNOTATIONS = {
+    "containerd.io/snapshot/stargz/toc.digest": "sha256:0411ed994fca24e21bd554835f26b1f89f8c4019e63785583791de2d64e1fd7a",
+    "io.containers.estargz.uncompressed-size": "8704",
+    "io.containers.zstd-chunked.manifest-checksum": "sha256:7c3bf5665a00b4d64db3e26cf772e293354b7bdc1a6e1f6785ef3d65503767b4",
+    "io.containers.zstd-chunked.manifest-position": "870:581:2348:1",
 }
