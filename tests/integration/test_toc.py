@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -260,3 +261,27 @@ def test_a_toc_layer_fetched_whole_is_checked_against_its_diff_id(
     assert "fetched whole, its uncompressed stream is" in mnt.log()
     # The fixed image (same layers, the real diff_ids) reads.
     assert "etc" in os.listdir(mnt.path / "rootfs/toc/zstd-chunked/rootfs")
+
+
+def test_a_big_toc_layer_is_checked_once_it_has_been_fetched_whole(
+    toc_images: dict[str, TocImage], toc_registry: RegistryServer, tmp_path: Path
+) -> None:
+    """Listing and a small read fetch a few blocks of the 24 MiB layer: its diff_id is not
+    known yet, so they work; once the whole blob has been read (its layers/ file), the
+    mismatch with the config's diff_id is found and reads from the layer fail."""
+    image = TocImage("rootfs/tocbig", "zstd-chunked-wrong-diff-id", "", ())
+    (layer,) = layers_of(toc_registry.url, image)
+    with mounted(tmp_path, toc_registry.url) as mount:
+        top = mount.path / image.repo / image.tag
+        assert (top / "rootfs/data/small").read_bytes() == SMALL
+        assert fetched(mount) < int(str(layer["size"])) / 2
+        (blob,) = [
+            p
+            for p in (top / "layers").iterdir()
+            if p.name.startswith(str(layer["digest"])) and p.is_file()
+        ]
+        assert hashlib.sha256(blob.read_bytes()).hexdigest() == str(layer["digest"]).split(":")[1]
+        with pytest.raises(OSError) as reading:
+            (top / "rootfs/data/z").read_bytes()
+        assert reading.value.errno == errno.EIO
+        assert "fetched whole, its uncompressed stream is" in mount.log()
