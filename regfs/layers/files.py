@@ -230,8 +230,9 @@ class LayerFiles:
             build.finished.set()
 
     async def _from_toc(self, blob: BlobRef) -> LayerIndex | None:
-        """The index from the layer's own TOC; None when its chunks cannot be checked (a
-        legacy stargz TOC without digests): then the full pass indexes it."""
+        """The index from the layer's own TOC; None when the TOC cannot stand for the tar
+        (toc.FullPassNeeded: chunks without digests, names not UTF-8): then the full pass
+        indexes it."""
         try:
             index = await self.tocs.index(blob)
         except FullPassNeeded as e:

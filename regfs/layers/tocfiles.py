@@ -3,10 +3,11 @@ bytes made from their own chunks, each checked before a byte of it is returned.
 
 Indexing fetches the TOC (eStargz: the footer, then the TOC member; zstd:chunked: the
 manifest at its annotated position) through the block cache like any read: the blocks
-holding it, so a layer whose TOC lies in its last block costs that one block. A read fetches the compressed
-ranges of the chunks it covers (one cache read for a run of them), decompresses each in a
-worker thread and compares it with its digest; a mismatch purges the blob's blocks (so the
-next read fetches them again), logs which check failed and raises IntegrityError (EIO).
+holding it, so a layer whose TOC lies in its last block costs that one block. A read
+fetches the compressed ranges of the chunks it covers (one cache read for a run of them),
+decompresses each in a worker thread and compares it with its digest; a mismatch purges the
+blob's blocks (so the next read fetches them again), logs which check failed and raises
+IntegrityError (EIO). A TOC once checked is trusted for its blob's digest, as any index is.
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ class TocFiles:
 
     async def index(self, blob: BlobRef) -> LayerIndex:
         """The layer's index from its TOC. Raises IntegrityError when the TOC does not match
-        its digest or cannot be read (logged); FullPassNeeded when its chunks carry no
-        digests (the caller indexes the layer by a full pass instead)."""
+        its digest or cannot be read (logged); FullPassNeeded when it cannot stand for the
+        tar (no chunk digests, names not UTF-8): the caller indexes the layer by a full pass."""
         kind = toc_kind(blob.annotations)
         try:
             if kind == "estargz":
@@ -128,10 +129,6 @@ class TocFiles:
             raise IntegrityError(f"layer {blob.digest}: {e}", digest=blob.digest) from e
         self.chunks_read += len(pieces)
         return pieces
-
-    def forget(self, digest: str) -> None:
-        for key in [k for k in self.memory if k[0] == digest]:
-            self.memory.pop(key, None)
 
 
 def _unpack_all(fmt: Format, chunks: list[Chunk], compressed: bytes, base: int) -> list[bytes]:
