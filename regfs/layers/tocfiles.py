@@ -13,6 +13,7 @@ IntegrityError (EIO). A TOC once checked is trusted for its blob's digest, as an
 from __future__ import annotations
 
 import bisect
+import io
 import logging
 import zlib
 
@@ -25,7 +26,6 @@ from ..cache.blocks import BlockCache
 from ..errors import IntegrityError
 from . import estargz, zstdchunked
 from .index import Format, LayerIndex
-from .streams import decompress_frames
 from .toc import Chunk, FullPassNeeded, TocError, TocLayout, sha256, toc_kind
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,12 @@ def _unpack(fmt: Format, chunk: Chunk, compressed: bytes) -> bytes:
         if fmt is Format.ESTARGZ:
             data = zlib.decompressobj(31).decompress(compressed, chunk.inner + length)
         else:
-            data = decompress_frames(compressed)
+            # At most what the chunk needs (frames after it, and skippable ones, are passed
+            # over by zstd's streaming reader): a chunk cannot make more than its bytes.
+            with zstandard.ZstdDecompressor().stream_reader(
+                io.BytesIO(compressed), read_across_frames=True
+            ) as reader:
+                data = _read_exactly(reader, chunk.inner + length)
     except (zlib.error, zstandard.ZstdError, OSError) as e:
         raise TocError(f"chunk at {chunk.cstart} does not decompress: {e}") from e
     piece = data[chunk.inner : chunk.inner + length]
@@ -153,3 +158,15 @@ def _unpack(fmt: Format, chunk: Chunk, compressed: bytes) -> bytes:
             f"chunk at {chunk.cstart} ({length} bytes) does not match its TOC digest {chunk.digest}"
         )
     return piece
+
+
+def _read_exactly(reader: zstandard.ZstdDecompressionReader, size: int) -> bytes:
+    """Up to `size` bytes (fewer only at the end of the stream)."""
+    parts, left = [], size
+    while left > 0:
+        piece = reader.read(left)
+        if not piece:
+            break
+        parts.append(piece)
+        left -= len(piece)
+    return b"".join(parts)
