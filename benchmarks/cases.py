@@ -24,6 +24,7 @@ from benchmarks.harness import (
 )
 from benchmarks.report import Row, med
 from benchmarks.rootfs import rootfs
+from benchmarks.toc import toc
 from benchmarks.world import BIG_REPO, CDN_RATE, TAG
 
 GiB = 1 << 30
@@ -282,6 +283,7 @@ CASES: dict[str, Case] = {
     "foreign": foreign,
     "browse": browse,
     "rootfs": rootfs,
+    "toc": toc,
 }
 
 

@@ -89,7 +89,7 @@ class RegistryStore:
             source = BlobSource(
                 self.client, repo, descriptor, policy=self.policy, mirrors=self.mirrors
             )
-        return BlobRef(descriptor.digest, descriptor.size, self.key, source)
+        return BlobRef(descriptor.digest, descriptor.size, self.key, source, descriptor.annotations)
 
     async def blob_size(self, repo: str, digest: str) -> int:
         """A blob's size from the registry (schema 1 manifests do not state it)."""

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import trio
@@ -40,6 +40,9 @@ class BlobRef:
     size: int
     registry: str  # registry key: unverified blocks are kept per registry
     source: Source | None  # None: offline, cache only
+    # The layer descriptor's annotations: a table of contents is announced there (eStargz,
+    # zstd:chunked; regfs.layers.toc).
+    annotations: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def __hash__(self) -> int:
         return hash(self.digest)

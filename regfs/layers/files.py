@@ -33,6 +33,8 @@ from . import build as builder
 from .index import FLAT_KIND, KIND, DamagedIndex, Format, LayerIndex, Span, decode, encode
 from .spans import Spans, pread
 from .streams import BlobFile
+from .toc import FullPassNeeded
+from .tocfiles import TocFiles
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +131,12 @@ class LayerFiles:
         self._build_limiter = trio.CapacityLimiter(BUILD_THREADS)
         self._flat_locks: dict[str, trio.Lock] = {}
         self._flat_files: dict[str, IO[bytes]] = {}  # without a disk cache: temporary files
-        self.builds = 0  # indexes built (not loaded)
+        self.builds = 0  # indexes built (not loaded) by a full pass
+        self.tocs = TocFiles(cache, inflated_bytes, self.spans.limiter)
+        self.toc_indexes = 0  # indexes made from a layer's own TOC
+        # TOC layers fetched whole (and verified) anyway: their uncompressed streams' sha256.
+        self._whole_diff_ids: dict[str, str] = {}
+        self._diff_locks: dict[str, trio.Lock] = {}
 
     # -- indexes ------------------------------------------------------------------------
 
@@ -141,6 +148,12 @@ class LayerFiles:
         index = self._indexes.get(blob.digest)
         if index is None:
             index = await self._wait(self._build_for(blob))
+        if index.format.from_toc:
+            # Its diff_id is not known until the blob has been fetched whole: the index
+            # given out carries the one the config claims, which reads compare then.
+            index = replace(index, diff_id=diff_id or "")
+            await self._check_whole(blob, index.diff_id)
+            return index
         if diff_id is not None and index.diff_id != diff_id:
             log.error(
                 "layer %s: its uncompressed stream is %s, not the diff_id %s the config says",
@@ -194,6 +207,8 @@ class LayerFiles:
         digest = build.blob.digest
         try:
             index = await self._load(digest)
+            if index is None and TocFiles.has_toc(build.blob):
+                index = await self._from_toc(build.blob)
             if index is None:
                 index = await trio.to_thread.run_sync(
                     self._build_blocking, build, limiter=self._build_limiter
@@ -213,6 +228,49 @@ class LayerFiles:
             del self._builds[digest]
             self._builds_finished += 1
             build.finished.set()
+
+    async def _from_toc(self, blob: BlobRef) -> LayerIndex | None:
+        """The index from the layer's own TOC; None when the TOC cannot stand for the tar
+        (toc.FullPassNeeded: chunks without digests, names not UTF-8): then the full pass
+        indexes it."""
+        try:
+            index = await self.tocs.index(blob)
+        except FullPassNeeded as e:
+            log.info(
+                "layer %s: its TOC is not used (%s); indexing it by a full pass", blob.digest, e
+            )
+            return None
+        self.toc_indexes += 1
+        if self.disk is not None:
+            await trio.to_thread.run_sync(self.disk.put_derived, KIND, blob.digest, encode(index))
+        return index
+
+    async def _check_whole(self, blob: BlobRef, claimed: str) -> None:
+        """A TOC layer whose blob has been fetched whole (and verified against its digest)
+        is decompressed once more from the cache and compared with the diff_id its config
+        claims, as any layer is: a TOC can disagree with the tar it describes. A mismatch
+        fails that use of the layer (IntegrityError, logged)."""
+        digest = blob.digest
+        computed = self._whole_diff_ids.get(digest)
+        if not claimed or (computed is None and not self.cache.is_verified(digest)):
+            return
+        if computed is None:
+            async with self._diff_locks.setdefault(digest, trio.Lock()):
+                computed = self._whole_diff_ids.get(digest)
+                if computed is None:
+                    made = await trio.to_thread.run_sync(
+                        self._build_blocking, _Build(blob), limiter=self._build_limiter
+                    )
+                    computed = self._whole_diff_ids[digest] = made.diff_id
+        if computed != claimed:
+            log.error(
+                "layer %s: fetched whole, its uncompressed stream is %s, not the diff_id %s "
+                "the config says (its TOC may disagree with its tar)",
+                digest,
+                computed,
+                claimed,
+            )
+            raise IntegrityError(f"layer {digest} does not match its diff_id", digest=digest)
 
     async def _load(self, digest: str) -> LayerIndex | None:
         if self.disk is None:
@@ -347,7 +405,14 @@ class LayerFiles:
         return b"".join(parts)
 
     async def _stream(self, blob: BlobRef, index: LayerIndex, start: int, end: int) -> bytes:
-        """Bytes [start, end) of the layer's uncompressed stream."""
+        """Bytes [start, end) of the layer's uncompressed stream (of a TOC layer: of its
+        files' data stream)."""
+        if index.format.from_toc:
+            await self._check_whole(blob, index.diff_id)
+            data = await self.tocs.read(blob, index, start, end)
+            # This read may have fetched the blob's last missing block.
+            await self._check_whole(blob, index.diff_id)
+            return data
         if index.format is Format.TAR:
             return await self.cache.read(blob, start, end - start)
         k = bisect.bisect_right(index.span_starts, start) - 1

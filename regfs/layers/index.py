@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..oci.entry import Entry, EntryKind
+from .toc import Chunk
 
 KIND = "layer-index"  # the disk cache's derived kind
 FLAT_KIND = "layer-tar"  # a single-frame zstd layer, decompressed once (see Format.ZSTD)
@@ -30,6 +31,14 @@ class Format(enum.Enum):
     TAR = "tar"  # reads are byte ranges of the blob
     GZIP = "gzip"  # reads inflate from zran seek points (indexed_gzip)
     ZSTD = "zstd"  # reads decompress from frame starts, or from the flat file if `flat`
+    # Indexed from the layer's own TOC (toc.py): reads fetch and check chunks; entries'
+    # offsets point into the files' data stream, not the tar; diff_id is not known ("").
+    ESTARGZ = "estargz"
+    ZSTD_CHUNKED = "zstd:chunked"
+
+    @property
+    def from_toc(self) -> bool:
+        return self in (Format.ESTARGZ, Format.ZSTD_CHUNKED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +65,7 @@ class LayerIndex:
     spans: tuple[Span, ...] = ()  # in order, covering [0, size); none for TAR
     gzip_index: bytes = b""  # indexed_gzip's exported seek points (windows included)
     flat: bool = False  # ZSTD only: read from the decompressed file (one frame, no seek points)
+    chunks: tuple[Chunk, ...] = ()  # ESTARGZ, ZSTD_CHUNKED: in order, covering [0, size)
 
     def __hash__(self) -> int:
         return hash(self.digest)
@@ -64,6 +74,10 @@ class LayerIndex:
     def span_starts(self) -> list[int]:
         """Where each span begins (uncompressed), for bisecting."""
         return [s.start for s in self.spans]
+
+    @functools.cached_property
+    def chunk_starts(self) -> list[int]:
+        return [c.start for c in self.chunks]
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, LayerIndex) and other.digest == self.digest
@@ -87,6 +101,7 @@ def encode(index: LayerIndex) -> bytes:
         "flat": index.flat,
         "spans": [[s.start, s.end, s.cstart, s.cend, s.digest] for s in index.spans],
         "entries": [_entry_fields(e) for e in index.entries],
+        "chunks": [[c.start, c.end, c.cstart, c.cend, c.inner, c.digest] for c in index.chunks],
     }
     # ensure_ascii: surrogate escapes (non-UTF-8 names) survive as \udcXX.
     packed = zlib.compress(json.dumps(header, ensure_ascii=True).encode("ascii"), 6)
@@ -113,6 +128,7 @@ def decode(data: bytes, digest: str) -> LayerIndex:
             spans=tuple(Span(*s) for s in header["spans"]),
             gzip_index=data[start + length :],
             flat=bool(header["flat"]),
+            chunks=tuple(Chunk(*c) for c in header.get("chunks", ())),
         )
     except (ValueError, KeyError, TypeError, zlib.error) as e:
         raise DamagedIndex(f"unreadable layer index: {e}") from e

@@ -74,6 +74,8 @@ def layer_index_stats(layers: LayerFiles) -> dict[str, object]:
     the layer's size, and the rate."""
     return {
         "built": layers.builds,
+        "from_toc": layers.toc_indexes,  # eStargz, zstd:chunked: no full pass
+        "toc_chunks_read": layers.tocs.chunks_read,
         "spans_inflated": layers.spans.inflated,
         "building": [
             {
