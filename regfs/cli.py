@@ -459,6 +459,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "mount":
+            if args.all_registries and args.mirror:
+                parser.error(
+                    "--mirror is for a mount of one registry; with --all-registries, mirrors "
+                    "come from registries.conf ([[registry.mirror]])"
+                )
             return int(_mount_module().run(config_from(args)))
         if args.command == "umount":
             _mount_module().unmount(args.mountpoint)

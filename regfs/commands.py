@@ -7,8 +7,9 @@
 A path is an image reference as docker spells it, `[registry/]repo[:tag|@digest]`, then a
 path inside the image directory (`manifest.json`, `layers/…`, `rootfs/…`); without a tag or
 digest it names a repository or namespace (its tags), and a registry alone its catalog.
-The tree is the mount's (compose.make_tree), reached through `open_tree`: the same block and
-disk cache, the same digest checks, the same credentials. Nothing here imports pyfuse3.
+The tree is a mount's (compose), reached through `open_tree`: the same block and disk cache,
+the same digest checks, credentials, registries.conf and certs.d. Nothing here imports
+pyfuse3.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import BinaryIO, TextIO, TypeVar
 
 import trio
 
-from .compose import MountConfig, build_services, make_tree
+from .compose import MountConfig, build_all_services, build_services, make_all_tree, make_tree
 from .errors import (
     AuthError,
     IntegrityError,
@@ -71,15 +72,28 @@ async def open_tree(
 ) -> AsyncIterator[tuple[InodeTable, tuple[str, ...]]]:
     """The tree holding `registry`, and where the registry's directory is in it.
 
-    The one place commands get a tree from: today one registry's tree as a mount of it shows
-    it (so its directory is the root); a tree of many registries slots in here."""
-    config = replace(config, registry=registry)
-    services = build_services(config, Stats())
+    The one place commands get a tree from: the tree of a mount of every registry, so the
+    registry is configured as that mount configures it (registries.conf: mirrors, insecure,
+    blocked; certs.d; --ca-cert and --insecure on top). Every name is admitted: the rules on
+    where a name may lead guard a mount shared by many users, not a user's own command
+    (blocked registries stay blocked). A registry written with its scheme (`http://…`), or
+    given --mirror, is opened as a mount of that one registry opens it."""
+    if "://" in registry or config.mirrors:
+        single = replace(config, registry=registry)
+        services = build_services(single, Stats())
+        try:
+            async with services.cache.running():
+                yield make_tree(services, single.options), ()
+        finally:
+            await services.aclose()
+        return
+    every = replace(config, all_registries=True, allow_registries=[".+"])
+    all_services = build_all_services(every)
     try:
-        async with services.cache.running():
-            yield make_tree(services, config.options), ()
+        async with all_services.cache.running():
+            yield make_all_tree(all_services, every.options), (registry,)
     finally:
-        await services.aclose()
+        await all_services.aclose()
 
 
 @dataclass
@@ -146,7 +160,9 @@ class Walker:
                 raise CommandError(f"{target.image()}: not a directory: {inside}")
             try:
                 node = await self.lookup(here, name)
-            except NotFoundError:
+            except NotFoundError as exc:
+                if taken < 0:  # the registry itself: refused, blocked, or nothing answers
+                    raise CommandError(f"{target.image()}: {exc}") from None
                 if not hops and 0 <= taken < image_at:
                     raise await self._missing(target, taken, repo_parts) from None
                 inside = "/".join([*names, name][len(self.prefix) + image_at :])

@@ -17,7 +17,7 @@ import trio
 
 from .cache import BlockCache, DiskCache
 from .dirs import default_cache_dir
-from .errors import RegfsError, UntrustedCertificateError
+from .errors import NotFoundError, RegfsError, UntrustedCertificateError
 from .layers import LayerFiles
 from .oci.reference import RegistryAddress, is_repository, parse_registry
 from .registry.blobs import ForeignURLPolicy
@@ -222,8 +222,9 @@ class AllRegistries:
         return target
 
     async def tree(self, name: str) -> RootDir | None:
-        """The registry's tree, or None when nothing answers there like a registry; raises
-        RefusedRegistryError (ENOENT) when it may not be connected to (logged once)."""
+        """The registry's tree; raises RefusedRegistryError (ENOENT) when it may not be
+        connected to (logged once), NotFoundError (ENOENT) saying why when nothing answers
+        there like a registry."""
         known = self.by_name.get(name)
         if known is not None:
             return known.tree
@@ -234,7 +235,7 @@ class AllRegistries:
             # An untrusted certificate is a registry that answered: say so louder.
             level = logging.WARNING if isinstance(exc, UntrustedCertificateError) else logging.INFO
             log.log(level, "registry %s: no registry answers there (%s)", name, exc)
-            return None
+            raise NotFoundError(f"no registry answers at {name}: {exc}") from exc
         self.by_name[name] = opened
         log.info("registry %s: using %s", name, opened.store.client.address)
         return opened.tree
@@ -253,13 +254,14 @@ class AllRegistries:
         self, name: str, settings: RegistrySettings, address: RegistryAddress
     ) -> OpenRegistry:
         stats = Stats()
-        cas = [str(p) for p in settings.ca_files]
+        # --ca-cert and --insecure, given with --all-registries (or to `regfs ls/cat/cp`,
+        # whose path names the registry), hold for every registry opened.
+        cas = [str(p) for p in settings.ca_files] + [c for c in [self.config.ca_cert] if c]
+        insecure = settings.insecure or self.config.insecure
         made = [(m, await self._mirror(m, stats)) for m in settings.mirrors]
         usable = [(m, c) for m, c in made if c is not None]
         try:
-            client = await self._reach(
-                address, settings.insecure, cas, stats, [c for _, c in usable]
-            )
+            client = await self._reach(address, insecure, cas, stats, [c for _, c in usable])
         except RegfsError:
             for _, mirror in usable:
                 await mirror.aclose()

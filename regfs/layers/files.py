@@ -23,6 +23,7 @@ from typing import IO
 import trio
 from cachetools import LRUCache
 
+from .. import fileio
 from ..cache.blob import BlobRef
 from ..cache.blocks import BlockCache
 from ..cache.disk import DiskCache
@@ -349,7 +350,7 @@ class LayerFiles:
             if self.disk is None and blob.digest in self._flat_files:
                 fd = self._flat_files[blob.digest].fileno()
                 return await trio.to_thread.run_sync(
-                    os.pread, fd, span.end - span.start, span.start
+                    fileio.pread, fd, span.end - span.start, span.start
                 )
             if self.disk is not None:
                 path = self.disk.derived_path(FLAT_KIND, blob.digest)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..oci.entry import Entry, EntryKind
-from .entries import clean_path
+from .entries import IGNORED_XATTRS, clean_path
 
 ESTARGZ_TOC_DIGEST = "containerd.io/snapshot/stargz/toc.digest"
 ZSTD_POSITION = (
@@ -152,6 +152,7 @@ def entry_from_toc(fields: Mapping[str, Any], offset: int) -> Entry | None:
     xattrs = tuple(
         (str(key), base64.b64decode(value))
         for key, value in sorted((fields.get("xattrs") or {}).items())
+        if key not in IGNORED_XATTRS
     )
     is_device = kind in (EntryKind.CHAR_DEVICE, EntryKind.BLOCK_DEVICE)
     return Entry(

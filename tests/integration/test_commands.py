@@ -455,3 +455,29 @@ def test_ctrl_c_leaves_no_destination_and_exits_130(proxy: FaultProxy, tmp_path:
             process.kill()
             process.wait()
     assert os.listdir(dest) == []
+
+
+def test_registries_conf_configures_the_registry_a_path_names(
+    proxy: FaultProxy, registry: RegistryServer, seeded: Seeded, tmp_path: Path, cache: Path
+) -> None:
+    """No scheme in the path: the registry is configured as a mount of every registry
+    configures it. registries.conf makes the plain-http one insecure (https, then http) and
+    gives it a mirror; a blocked one is refused without a request."""
+    conf = tmp_path / "registries.conf"
+    conf.write_text(
+        f'[[registry]]\nlocation = "{registry.host}"\ninsecure = true\n'
+        f'[[registry.mirror]]\nlocation = "{proxy.url.removeprefix("http://")}"\n'
+        "insecure = true\n"
+        '[[registry]]\nlocation = "blocked.example.test"\nblocked = true\n'
+    )
+    env = dict(os.environ, CONTAINERS_REGISTRIES_CONF=str(conf), HOME=str(tmp_path / "home"))
+    hello = f"{registry.host}/library/hello:latest"
+    manifest = regfs("cat", f"{hello}/manifest.json", cache=cache, env=env)
+    assert ok(manifest) == seeded.hello.manifest_bytes
+    layer = seeded.hello.layers[0]
+    got = ok(regfs("cat", f"{hello}/layers/{layer.digest}.tar.gz", cache=cache, env=env))
+    assert got == layer.data
+    assert any(layer.digest in p for p in blob_gets(proxy))  # through the mirror
+    refused = regfs("ls", "blocked.example.test/team/app", cache=cache, env=env)
+    assert refused.returncode == 1
+    assert b"blocked" in refused.stderr, refused.stderr
