@@ -49,7 +49,8 @@ class RegistryError(RegfsError):
 
     host: host[:port] that answered (or did not); status: its HTTP status, if one came;
     digest: the blob or manifest asked for; codes: the registry's error codes from the JSON
-    body (e.g. "BLOB_UNKNOWN", "TOOMANYREQUESTS"), in the order it sent them.
+    body (e.g. "BLOB_UNKNOWN", "TOOMANYREQUESTS"), in the order it sent them; reason: the
+    cause in its own words where one is known (a TLS verifier's, a refused registry's).
     """
 
     def __init__(
@@ -60,12 +61,14 @@ class RegistryError(RegfsError):
         status: int | None = None,
         digest: str | None = None,
         codes: tuple[str, ...] = (),
+        reason: str = "",
     ) -> None:
         super().__init__(message)
         self.host = host
         self.status = status
         self.digest = digest
         self.codes = codes
+        self.reason = reason
 
 
 class NotFoundError(RegistryError):
@@ -77,19 +80,6 @@ class RefusedRegistryError(NotFoundError):
     registries.conf, not a valid host[:port], or resolving to a non-public address without
     being configured or allowed (--allow-registry). To a user it does not exist (ENOENT);
     `reason` says why, for the log."""
-
-    def __init__(
-        self,
-        message: str = "",
-        *,
-        reason: str = "",
-        host: str | None = None,
-        status: int | None = None,
-        digest: str | None = None,
-        codes: tuple[str, ...] = (),
-    ) -> None:
-        super().__init__(message, host=host, status=status, digest=digest, codes=codes)
-        self.reason = reason
 
 
 class AuthError(RegistryError):
@@ -132,19 +122,6 @@ class UntrustedCertificateError(RegistryError):
     certificate in certificate chain", "Hostname mismatch, ...").
 
     As such, from a CDN or a foreign host: the blob cannot be read (EIO)."""
-
-    def __init__(
-        self,
-        message: str = "",
-        *,
-        reason: str = "",
-        host: str | None = None,
-        status: int | None = None,
-        digest: str | None = None,
-        codes: tuple[str, ...] = (),
-    ) -> None:
-        super().__init__(message, host=host, status=status, digest=digest, codes=codes)
-        self.reason = reason
 
 
 class UntrustedRegistryCertificateError(UntrustedCertificateError, AuthError):
