@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from regfs import cli
+from regfs import cli, commands
 from regfs.oci.reference import DEFAULT_NAMESPACES
 from tests.fixtures.cdn import CDNServer
 from tests.fixtures.faultproxy import Fault, FaultProxy
@@ -146,6 +146,9 @@ def test_short_names_are_docker_hubs(
 ) -> None:
     # In this process, the loopback registry stands in for Docker Hub (its `library/`).
     monkeypatch.setitem(DEFAULT_NAMESPACES, registry.host, "library")
+    # The command's own logging set-up replaces the root logger's handlers (pytest's
+    # capture among them) for the rest of the session: not here.
+    monkeypatch.setattr(commands, "setup_logging", lambda debug: None)
     argv = ["cat", "--cache-dir", str(cache), f"{registry.url}/hello:latest/manifest.json"]
     assert cli.main(argv) == 0
     assert capfdbinary.readouterr().out == seeded.hello.manifest_bytes
