@@ -10,20 +10,23 @@ the refusal came before the request was built.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 from pathlib import Path
 
 import httpx
 import pytest
 
+from regfs import compose
 from regfs.compose import AllRegistries, MountConfig
-from regfs.errors import ForbiddenURLError
+from regfs.errors import ForbiddenURLError, NotFoundError
 from regfs.registry.addresses import PublicHops
 from regfs.registry.blobs import ForeignURLPolicy
+from regfs.registry.client import RegistryClient
 from regfs.registry.registries_conf import RegistryAdmission
 from regfs.vfs.fuse import errno_for
 from regfs.views.registry import Options
-from tests.unit.mock_http import MANIFEST_DIGEST, Handler, manifest_response, mock_client
+from tests.unit.mock_http import MANIFEST_DIGEST, Handler, Recorder, manifest_response, mock_client
 from tests.unit.test_admission import FakeResolver, conf_from
 from tests.unit.test_blobs import DATA, fetch, ranged, source
 from tests.unit.test_cache import make_cache
@@ -291,3 +294,42 @@ async def test_all_registries_gives_the_rule_to_a_public_name_only(tmp_path: Pat
         assert configured.hop_check is None
     finally:
         await registries.aclose()
+
+
+async def test_a_probe_redirected_to_a_private_address_opens_no_registry(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not offline: AllRegistries probes `/v2/` with the rule in place (its clients' network
+    replaced by a mock), so a public name whose `/v2/` redirects to the metadata address is
+    ENOENT, saying why, and nothing was sent there; a configured one is opened."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "169.254.169.254":
+            return httpx.Response(200)
+        return httpx.Response(302, headers={"Location": "http://169.254.169.254/v2/"})
+
+    recorder = Recorder(handler)
+    mock = functools.partial(RegistryClient, transport=httpx.MockTransport(recorder))
+    monkeypatch.setattr(compose, "RegistryClient", mock)
+    monkeypatch.setattr(compose, "load_credentials", lambda host: None)
+    conf = conf_from(tmp_path, CONF)
+    resolver = FakeResolver({**RESOLVER_ANSWERS, "public.example": [PUBLIC]})
+    registries = AllRegistries(
+        MountConfig(tmp_path / "mnt", all_registries=True),
+        conf,
+        RegistryAdmission(conf, resolve=resolver),
+        disk=None,
+        cache=make_cache(),
+        layers=None,  # type: ignore[arg-type]
+        started=0.0,
+    )
+    try:
+        with pytest.raises(NotFoundError, match="non-public address 169"):
+            await registries.tree("public.example")
+        assert [r.url.host for r in recorder.requests] == ["public.example"]
+        assert "public.example" not in registries.listed()
+        assert await registries.tree("registry.example") is not None  # followed: trusted
+        assert len(recorder.to("169.254.169.254")) == 1
+    finally:
+        await registries.aclose()
+    assert any("not connecting to 169.254.169.254" in r.getMessage() for r in caplog.records)
