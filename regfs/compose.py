@@ -21,7 +21,7 @@ from .errors import NotFoundError, RegfsError, UntrustedCertificateError
 from .layers import LayerFiles
 from .oci.reference import RegistryAddress, is_repository, parse_registry
 from .registry.blobs import ForeignURLPolicy
-from .registry.client import RegistryClient, RetryPolicy, Stats
+from .registry.client import RegistryClient, RetryPolicy, Stats, URLCheck
 from .registry.credentials import load_credentials
 from .registry.registries_conf import (
     MirrorSettings,
@@ -260,8 +260,12 @@ class AllRegistries:
         insecure = settings.insecure or self.config.insecure
         made = [(m, await self._mirror(m, stats)) for m in settings.mirrors]
         usable = [(m, c) for m, c in made if c is not None]
+        # Admitted only for being public: so must be every host it leads the mount to.
+        hops = self.admission.hop_check(name)
         try:
-            client = await self._reach(address, insecure, cas, stats, [c for _, c in usable])
+            client = await self._reach(
+                address, insecure, cas, stats, [c for _, c in usable], hops=hops
+            )
         except RegfsError:
             for _, mirror in usable:
                 await mirror.aclose()
@@ -292,7 +296,12 @@ class AllRegistries:
         return OpenRegistry(name, store, clients, stats, tree)
 
     def _client(
-        self, address: RegistryAddress, insecure: bool, cas: list[str], stats: Stats
+        self,
+        address: RegistryAddress,
+        insecure: bool,
+        cas: list[str],
+        stats: Stats,
+        hops: URLCheck | None = None,
     ) -> RegistryClient:
         return RegistryClient(
             address,
@@ -302,14 +311,22 @@ class AllRegistries:
             insecure=insecure,
             retry=RetryPolicy(),
             stats=stats,
+            hop_check=hops,
         )
 
     async def _answering(
-        self, address: RegistryAddress, insecure: bool, cas: list[str], stats: Stats, *, probe: bool
+        self,
+        address: RegistryAddress,
+        insecure: bool,
+        cas: list[str],
+        stats: Stats,
+        *,
+        probe: bool,
+        hops: URLCheck | None = None,
     ) -> RegistryClient:
         """A client for `address`; an insecure one is https unverified, and when https does
         not answer there (`probe`), plain http, as podman does for insecure registries."""
-        client = self._client(address, insecure, cas, stats)
+        client = self._client(address, insecure, cas, stats, hops)
         if not probe:
             return client
         fallback = insecure and address.scheme == "https"
@@ -322,7 +339,7 @@ class AllRegistries:
                 raise
             log.info("%s: https does not answer (%s): plain http", address.host, exc)
         await client.aclose()
-        client = self._client(RegistryAddress("http", address.host), insecure, cas, stats)
+        client = self._client(RegistryAddress("http", address.host), insecure, cas, stats, hops)
         try:
             await ping_once(client)
         except RegfsError:
@@ -337,13 +354,15 @@ class AllRegistries:
         cas: list[str],
         stats: Stats,
         mirrors: list[RegistryClient],
+        *,
+        hops: URLCheck | None,
     ) -> RegistryClient:
         """The registry's client once `/v2/` answered (http for an insecure one where https
         does not); the https one when only a mirror answers (it can serve all when warm)."""
         if self.config.options.offline:
-            return self._client(address, insecure, cas, stats)
+            return self._client(address, insecure, cas, stats, hops)
         try:
-            return await self._answering(address, insecure, cas, stats, probe=True)
+            return await self._answering(address, insecure, cas, stats, probe=True, hops=hops)
         except RegfsError as exc:
             failure = exc
         for mirror in mirrors:
@@ -357,7 +376,7 @@ class AllRegistries:
                 failure,
                 mirror.address,
             )
-            return self._client(address, insecure, cas, stats)
+            return self._client(address, insecure, cas, stats, hops)
         raise failure
 
     async def _mirror(self, mirror: MirrorSettings, stats: Stats) -> RegistryClient | None:

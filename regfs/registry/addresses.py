@@ -8,16 +8,27 @@ unspecified (0.0.0.0, ::), shared (100.64/10), multicast and reserved addresses 
 also when a DNS name resolves to one, and also inside an IPv6 address that carries an IPv4
 one (::ffff:a.b.c.d, 6to4, NAT64). What a name resolves to comes from a `Resolver`, which
 tests replace so that no name is ever looked up, let alone connected to.
+
+`PublicHops` applies the rule to every URL a registry admitted only for being public makes
+the mount connect to (its redirects, CDN hops, token realm): such a registry is chosen by
+whoever types a path, so it must not lead the mount to an address it could not have named.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 
+import httpx
 import trio
+
+from ..errors import ForbiddenURLError, TransientError
+from .http import url_host
+
+log = logging.getLogger(__name__)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # (host, port) -> the addresses a connection could go to. Raises OSError when the name
@@ -78,3 +89,35 @@ async def non_public_reason(host: str, port: int, resolve: Resolver = system_res
         if not is_public(address):
             return f"resolves to non-public {address}"
     return None
+
+
+class PublicHops:
+    """The check (client.URLCheck) every hop of a public-only registry passes before it is
+    connected to: the first request, each redirect target, the token realm. A hop with a
+    non-public address is ForbiddenURLError (EACCES), logged once per host and reason."""
+
+    def __init__(self, registry: str, resolve: Resolver = system_resolve) -> None:
+        self.registry = registry  # as the path names it: says whose hop was refused
+        self.resolve = resolve
+        self._logged: set[tuple[str, str]] = set()
+
+    async def __call__(self, url: httpx.URL) -> None:
+        port = url.port or (443 if url.scheme == "https" else 80)
+        try:
+            reason = await non_public_reason(url.host, port, self.resolve)
+        except OSError as exc:
+            raise TransientError(f"cannot resolve {url.host}: {exc}", host=url.host) from exc
+        if reason is None:
+            return
+        host = url_host(url)
+        if (host, reason) not in self._logged:
+            if len(self._logged) >= _LOGGED_MAX:
+                self._logged.clear()  # bounded: a registry can name new hosts forever
+            self._logged.add((host, reason))
+            log.warning("registry %s: not connecting to %s: %s", self.registry, host, reason)
+        raise ForbiddenURLError(
+            f"registry {self.registry} led to {host}, which {reason}", host=host
+        )
+
+
+_LOGGED_MAX = 1024  # refused hops remembered as logged

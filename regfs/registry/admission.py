@@ -2,7 +2,8 @@
 type a path under it (allow_other) chooses a name, so a name is refused before any request
 unless it is a valid host[:port], not blocked, and either configured (registries.conf),
 admitted by --allow-registry, or public in every address it has (addresses.py, the rule the
-foreign-URL policy shares).
+foreign-URL policy shares). A registry admitted only for being public gets `hop_check`: every
+URL it makes the mount connect to (redirects, CDN, token realm) must be public too.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, InvalidReferenceError, RefusedRegistryError, TransientError
 from ..oci.reference import parse_registry
-from .addresses import Resolver, non_public_reason, system_resolve
+from .addresses import PublicHops, Resolver, non_public_reason, system_resolve
 
 if TYPE_CHECKING:
     from .registries_conf import RegistriesConf
@@ -46,7 +47,7 @@ class RegistryAdmission:
         settings = self.conf.settings(name)
         if settings.blocked:
             self._refuse(name, f"is blocked by {settings.source}")
-        if settings.configured or any(p.fullmatch(name.lower()) for p in self.allow):
+        if self._trusted(name):
             return
         target = parse_registry(settings.host)  # docker.io: registry-1.docker.io
         port = _port(target.host)
@@ -59,6 +60,18 @@ class RegistryAdmission:
         if reason is not None:
             via = "" if target.host == settings.name else f"({target.host}) "
             self._refuse(name, via + reason)
+
+    def _trusted(self, name: str) -> bool:
+        """Configured in registries.conf or admitted by --allow-registry: its hops may be
+        private (a private registry's CDN), as in a single-registry mount."""
+        return self.conf.settings(name).configured or any(
+            p.fullmatch(name.lower()) for p in self.allow
+        )
+
+    def hop_check(self, name: str) -> PublicHops | None:
+        """The check every URL of an admitted registry's requests passes before connecting:
+        None for a trusted one, else the public-address rule (with this resolver)."""
+        return None if self._trusted(name) else PublicHops(name, self.resolve)
 
     def _refuse(self, name: str, reason: str, *, level: int = logging.WARNING) -> None:
         if (name, reason) not in self._logged:

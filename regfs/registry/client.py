@@ -97,6 +97,8 @@ class RegistryClient:
     `insecure` skips their verification; `foreign_ca_certs` add CAs for foreign-layer hosts,
     whose client never skips verification. `transport` replaces the network for both httpx
     clients (tests: httpx.MockTransport); `clock` is the token state's clock (token expiry).
+    `hop_check` vets every URL before it is connected to: each hop of every request and the
+    token realm (a registry admitted only for being public: addresses.PublicHops).
     """
 
     def __init__(
@@ -113,8 +115,10 @@ class RegistryClient:
         stats: Stats | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         clock: Callable[[], float] = time.monotonic,
+        hop_check: URLCheck | None = None,
     ) -> None:
         self.address = address
+        self.hop_check = hop_check
         self.base = httpx.URL(address.base_url)
         self.retry = retry or RetryPolicy()
         self.stats = stats or Stats()
@@ -128,7 +132,9 @@ class RegistryClient:
         self.foreign_http = make_http_client(
             ca_files=foreign_ca_certs, insecure=False, timeout=timeout, transport=transport
         )
-        self.auth = RegistryAuth(self.base, credentials, self.http, clock=clock)
+        self.auth = RegistryAuth(
+            self.base, credentials, self.http, clock=clock, realm_check=hop_check
+        )
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -215,6 +221,8 @@ class RegistryClient:
                 )
             if call.check is not None:
                 await call.check(url)
+            if self.hop_check is not None:
+                await self.hop_check(url)
             headers = self._hop_headers(url, call, authorization)
             response = await self._send_single_request(call, url, headers)
             if not response.is_redirect:

@@ -22,7 +22,7 @@ import math
 import time
 import urllib.parse
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import httpx
@@ -82,8 +82,10 @@ class RegistryAuth:
         http: httpx.AsyncClient,
         *,
         clock: Callable[[], float] = time.monotonic,
+        realm_check: Callable[[httpx.URL], Awaitable[None]] | None = None,
     ) -> None:
         self._registry_url = registry_url
+        self._realm_check = realm_check  # vets the realm before connecting (client.URLCheck)
         self._credentials = credentials
         self._http = http
         self._clock = clock
@@ -244,6 +246,8 @@ class RegistryAuth:
 
     async def _fetch_token(self, scope: str, challenge: Challenge) -> _Token:
         url = self._realm_url(challenge)
+        if self._realm_check is not None:
+            await self._realm_check(url)  # ForbiddenURLError: a realm it may not lead us to
         realm_host = url_host(url)
         query: dict[str, str] = {}
         service = challenge.params.get("service")
