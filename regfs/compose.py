@@ -23,6 +23,7 @@ from .oci.reference import RegistryAddress, is_repository, parse_registry
 from .registry.blobs import ForeignURLPolicy
 from .registry.client import RegistryClient, RetryPolicy, Stats, URLCheck
 from .registry.credentials import load_credentials
+from .registry.pinned import PublicOnly
 from .registry.registries_conf import (
     MirrorSettings,
     RegistriesConf,
@@ -312,6 +313,8 @@ class AllRegistries:
             retry=RetryPolicy(),
             stats=stats,
             hop_check=hops,
+            # Admitted for being public: its connections go only to addresses checked public.
+            public_only=None if hops is None else PublicOnly(self.admission.resolve),
         )
 
     async def _answering(

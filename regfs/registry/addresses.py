@@ -12,6 +12,10 @@ tests replace so that no name is ever looked up, let alone connected to.
 `PublicHops` applies the rule to every URL a registry admitted only for being public makes
 the mount connect to (its redirects, CDN hops, token realm): such a registry is chosen by
 whoever types a path, so it must not lead the mount to an address it could not have named.
+Those checks refuse early, with the registry's name in the log; the connection itself goes
+through pinned.py, which resolves once, checks with `checked_addresses` and connects to what
+it checked, so a DNS answer that changes between the check and the connection (rebinding)
+cannot reach a private address.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # (host, port) -> the addresses a connection could go to. Raises OSError when the name
 # does not resolve (socket.gaierror, as getaddrinfo does).
 Resolver = Callable[[str, int], Awaitable[Sequence[IPAddress]]]
+# Whether a connection may go to an address: is_public, except in tests.
+Admit = Callable[[IPAddress], bool]
 
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 # The numeric spellings glibc's inet_aton also takes for IPv4: "127.1", "2130706433", "0x7f.1".
@@ -75,20 +81,32 @@ async def system_resolve(host: str, port: int) -> list[IPAddress]:
     return [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
 
 
-async def non_public_reason(host: str, port: int, resolve: Resolver = system_resolve) -> str | None:
+async def non_public_reason(
+    host: str, port: int, resolve: Resolver = system_resolve, admit: Admit = is_public
+) -> str | None:
     """Why a connection to `host` (no brackets, no port) must not be made, or None when
     every address it has is public. A literal address is judged without resolving; a name
     is resolved with `resolve` (its OSError propagates)."""
+    _, reason = await checked_addresses(host, port, resolve, admit)
+    return reason
+
+
+async def checked_addresses(
+    host: str, port: int, resolve: Resolver, admit: Admit
+) -> tuple[list[IPAddress], str | None]:
+    """What `host` resolves to (itself, when it is a literal address), with why one of
+    them must not be connected to (None when `admit` takes every one). The addresses are
+    what a connection may then go to: pinned.py connects to these, never to a new answer."""
     literal = literal_address(host)
     if literal is not None:
-        return None if is_public(literal) else f"is the non-public address {literal}"
-    addresses = await resolve(host, port)
+        return [literal], None if admit(literal) else f"is the non-public address {literal}"
+    addresses = list(await resolve(host, port))
     if not addresses:
-        return "resolves to no address"
+        return addresses, "resolves to no address"
     for address in addresses:
-        if not is_public(address):
-            return f"resolves to non-public {address}"
-    return None
+        if not admit(address):
+            return addresses, f"resolves to non-public {address}"
+    return addresses, None
 
 
 class PublicHops:

@@ -53,16 +53,23 @@ class ForeignURLPolicy:
     Otherwise only https to hosts whose every address is public (addresses.py, the rule
     shared with the registry admission): loopback, private, link-local (169.254.169.254),
     unspecified (0.0.0.0) and the like are refused before connecting, also when a DNS name
-    resolves to one. `resolve` is replaceable for tests.
+    resolves to one. `resolve` is replaceable for tests. The connection of a URL no pattern
+    admits goes only to addresses checked when connecting (pinned.py, via the client's
+    foreign rule), so a name that resolves differently a moment later is not connected to.
     """
 
     def __init__(self, allow: Sequence[str] = (), resolve: Resolver = system_resolve) -> None:
         self.allow = [re.compile(p) for p in allow]
         self.resolve = resolve
 
-    async def check(self, url: httpx.URL) -> None:
+    def allows(self, url: httpx.URL) -> bool:
+        """Whether an --foreign-url-allow pattern admits `url` as it is: its connection is
+        then not pinned to public addresses (RegistryClient.send's `exempt`)."""
         text = str(url)
-        if any(p.match(text) for p in self.allow):
+        return any(p.match(text) for p in self.allow)
+
+    async def check(self, url: httpx.URL) -> None:
+        if self.allows(url):
             return
         if url.scheme != "https":
             raise ForbiddenURLError(
@@ -294,6 +301,7 @@ class BlobSource:
             check=check,
             foreign=place.foreign,
             what=what,
+            exempt=self.policy.allows,
         ) as response:
             if response.status_code >= 400:
                 raise status_error(await drain_error(response), what, digest=self.digest)

@@ -51,6 +51,7 @@ from .http import (
 )
 from .httpclient import make_http_client
 from .link import next_link
+from .pinned import PUBLIC_ONLY, PublicOnly
 from .retry import RetryPolicy as RetryPolicy  # re-exported: callers build clients with it
 from .token import RegistryAuth
 
@@ -62,6 +63,7 @@ T = TypeVar("T")
 
 # A check run on each hop of a redirect chain before connecting; raises ForbiddenURLError.
 URLCheck = Callable[[httpx.URL], Awaitable[None]]
+URLExempt = Callable[[httpx.URL], bool]  # admitted as it is (--foreign-url-allow): not pinned
 
 
 @dataclass
@@ -87,6 +89,7 @@ class _Call:
     check: URLCheck | None
     foreign: bool
     what: str  # names the request in errors
+    exempt: URLExempt | None = None  # foreign hops it admits connect without the pin
 
 
 class RegistryClient:
@@ -98,7 +101,9 @@ class RegistryClient:
     whose client never skips verification. `transport` replaces the network for both httpx
     clients (tests: httpx.MockTransport); `clock` is the token state's clock (token expiry).
     `hop_check` vets every URL before it is connected to: each hop of every request and the
-    token realm (a registry admitted only for being public: addresses.PublicHops).
+    token realm (a registry admitted only for being public: addresses.PublicHops); then
+    `public_only` pins every connection of both clients to addresses it checked (pinned.py).
+    Foreign hops the caller does not exempt are pinned in any case (`foreign_rule`).
     """
 
     def __init__(
@@ -116,6 +121,8 @@ class RegistryClient:
         transport: httpx.AsyncBaseTransport | None = None,
         clock: Callable[[], float] = time.monotonic,
         hop_check: URLCheck | None = None,
+        public_only: PublicOnly | None = None,
+        foreign_rule: PublicOnly | None = None,
     ) -> None:
         self.address = address
         self.hop_check = hop_check
@@ -127,10 +134,16 @@ class RegistryClient:
             insecure=insecure,
             timeout=timeout,
             transport=transport,
+            public_only=public_only,
         )
         # Foreign hosts get a client that never trusts --insecure and has its own pool.
         self.foreign_http = make_http_client(
-            ca_files=foreign_ca_certs, insecure=False, timeout=timeout, transport=transport
+            ca_files=foreign_ca_certs,
+            insecure=False,
+            timeout=timeout,
+            transport=transport,
+            public_only=public_only or foreign_rule or PublicOnly(),
+            marked_only=public_only is None,
         )
         self.auth = RegistryAuth(
             self.base, credentials, self.http, clock=clock, realm_check=hop_check
@@ -172,15 +185,17 @@ class RegistryClient:
         check: URLCheck | None = None,
         foreign: bool = False,
         what: str | None = None,
+        exempt: URLExempt | None = None,
     ) -> httpx.Response:
         """Send one request, following redirects by hand; return the final streamed response.
 
         Authorization goes only to the registry origin and only when `scope` is given; a 401
         there drives the auth flow once, and a 401 it cannot fix is raised as AuthError. The
         caller must close the response. `check` vets every hop (foreign URLs); `foreign`
-        sends every hop on the foreign client. `what` names the request in errors.
+        sends every hop on the foreign client, pinned unless `exempt(url)`. `what` names it.
         """
-        call = _Call(method, url, headers or {}, check, foreign, what or f"{method} {url.path}")
+        what = what or f"{method} {url.path}"
+        call = _Call(method, url, headers or {}, check, foreign, what, exempt)
         return await self._send_handling_auth(call, scope)
 
     def _is_registry(self, url: httpx.URL, call: _Call) -> bool:
@@ -249,7 +264,10 @@ class RegistryClient:
         self, call: _Call, url: httpx.URL, headers: dict[str, str]
     ) -> httpx.Response:
         client = self.foreign_http if call.foreign else self.http
-        request = client.build_request(call.method, url, headers=headers)
+        pinned = call.foreign and not (call.exempt is not None and call.exempt(url))
+        request = client.build_request(
+            call.method, url, headers=headers, extensions={PUBLIC_ONLY: pinned}
+        )
         self.stats.requests += 1
         try:
             return await client.send(request, stream=True, follow_redirects=False)
@@ -396,10 +414,17 @@ class RegistryClient:
         check: URLCheck | None,
         foreign: bool,
         what: str | None = None,
+        exempt: URLExempt | None = None,
     ) -> AsyncIterator[httpx.Response]:
         """`send`, closing the response when the block ends."""
         response = await self.send(
-            url, scope=scope, headers=headers, check=check, foreign=foreign, what=what
+            url,
+            scope=scope,
+            headers=headers,
+            check=check,
+            foreign=foreign,
+            what=what,
+            exempt=exempt,
         )
         try:
             yield response

@@ -29,6 +29,7 @@ import httpx
 import trio
 
 from .http import describe, url_host
+from .pinned import PinnedIfMarked, PublicOnly, pin_transport
 from .tls import trust_context
 
 log = logging.getLogger(__name__)
@@ -67,21 +68,26 @@ def make_http_client(
     insecure: bool,
     timeout: float,
     transport: httpx.AsyncBaseTransport | None = None,
+    public_only: PublicOnly | None = None,
+    marked_only: bool = False,
 ) -> httpx.AsyncClient:
     """An httpx client with regfs's policy: no cookies, no environment proxies, identity
     encoding, TLS verified against the system's trust (tls.py) and `ca_files` unless
-    `insecure`, and a --debug line per request. `transport` replaces the network (tests);
-    TLS options then do not apply."""
+    `insecure`, and a --debug line per request. With `public_only`, connections go only to
+    addresses that rule checked (pinned.py): every request's, or with `marked_only` those
+    marked pinned.PUBLIC_ONLY. `transport` replaces the network (tests); TLS options and
+    `public_only` then do not apply."""
     if transport is None:
-        # One trust context (or --insecure) and one set of limits for both transports.
+        # One trust context (or --insecure) and one set of limits for every transport.
         verify: ssl.SSLContext | bool = False if insecure else trust_context(ca_files)
-        limits = httpx.Limits(max_connections=32, max_keepalive_connections=16)
-        transport = RangedInThreads(
-            ranged=ThreadedTransport(
-                httpx.HTTPTransport(verify=verify, limits=limits, trust_env=False)
-            ),
-            other=httpx.AsyncHTTPTransport(verify=verify, limits=limits, trust_env=False),
-        )
+        if public_only is None:
+            transport = _network(verify, None)
+        elif marked_only:
+            transport = PinnedIfMarked(
+                pinned=_network(verify, public_only), plain=_network(verify, None)
+            )
+        else:
+            transport = _network(verify, public_only)
     return httpx.AsyncClient(
         timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
         cookies=http.cookiejar.CookieJar(policy=_NoCookies()),
@@ -89,6 +95,16 @@ def make_http_client(
         trust_env=False,
         transport=RequestLog(transport),
     )
+
+
+def _network(verify: ssl.SSLContext | bool, public_only: PublicOnly | None) -> RangedInThreads:
+    limits = httpx.Limits(max_connections=32, max_keepalive_connections=16)
+    ranged = httpx.HTTPTransport(verify=verify, limits=limits, trust_env=False)
+    other = httpx.AsyncHTTPTransport(verify=verify, limits=limits, trust_env=False)
+    if public_only is not None:
+        pin_transport(ranged, public_only)
+        pin_transport(other, public_only)
+    return RangedInThreads(ranged=ThreadedTransport(ranged), other=other)
 
 
 class RequestLog(httpx.AsyncBaseTransport):
