@@ -14,11 +14,10 @@ from __future__ import annotations
 import functools
 import ipaddress
 import socket
-import socketserver
 import ssl
 import threading
 from collections.abc import Iterator, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from regfs.registry.httpclient import make_http_client
 from regfs.registry.pinned import PinnedBackend, PinnedSyncBackend, PublicOnly
 from regfs.registry.registries_conf import RegistryAdmission
 from regfs.views.registry import Options
+from tests.fixtures._net import LoopbackHTTPServer
 from tests.fixtures.tls import make_identity
 from tests.unit.test_admission import conf_from
 from tests.unit.test_cache import make_cache
@@ -78,7 +78,7 @@ def only(*addresses: str) -> Admit:
     return lambda address: address in allowed
 
 
-class Server(ThreadingHTTPServer):
+class Server(LoopbackHTTPServer):
     """Answers every GET with 200 and the address it serves; counts accepted connections
     and records the Host headers it was sent."""
 
@@ -88,11 +88,6 @@ class Server(ThreadingHTTPServer):
         self.accepted = 0
         self.hosts: list[str] = []
         super().__init__(address, _Handler)
-
-    def server_bind(self) -> None:
-        # HTTPServer's own would look up the address's name (socket.getfqdn: a DNS query).
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
 
     def get_request(self) -> tuple[Any, Any]:
         request = super().get_request()
