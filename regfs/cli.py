@@ -86,6 +86,7 @@ MOUNT_EXAMPLES = """examples:
   regfs mount --registry http://127.0.0.1:5000 --cache-size 20G /mnt/local
   regfs mount --registry docker.io --mirror http://mirror.internal:5000 /mnt/hub
   regfs mount --offline /mnt/mcr          # only what the cache holds, no network
+  regfs mount --all-registries /mnt/images   # /mnt/images/<registry>/<repo>/<tag>/
   ls /mnt/mcr/windows/servercore/
   regfs umount /mnt/mcr
 """
