@@ -36,7 +36,7 @@ from .registry.registries_conf import RegistriesConf
 from .store import RegistryStore
 from .vfs.fuse import Operations
 from .vfs.kernel import HandshakeError, captured_stderr, when_serving
-from .vfs.mountinfo import daemon_answers, mount_path, mounts_at
+from .vfs.mountinfo import DEAD_CONNECTION, daemon_answers, mount_path, mounts_at
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def check_mountpoint(path: Path) -> int:
     except OSError as exc:
         if exc.errno == errno.ENOENT:
             raise MountError(f"mountpoint {path} does not exist") from None
-        if exc.errno == errno.ENOTCONN:  # dead, but not ours: its owner should clean it
+        if exc.errno in DEAD_CONNECTION:  # dead, but not ours: its owner should clean it
             raise MountError(
                 f"{path} is a dead mount of another filesystem (fusermount3 -u {path})"
             ) from None

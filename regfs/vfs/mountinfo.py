@@ -56,9 +56,16 @@ def mounts_at(path: Path | str, mountinfo_file: str = "/proc/self/mountinfo") ->
     return found
 
 
+# What the kernel answers on a FUSE connection whose process is gone: ENOTCONN, or
+# ECONNABORTED for a request that was waiting when the connection was torn down (seen with a
+# `ls` right after a kill -9, on a loaded machine).
+DEAD_CONNECTION = frozenset({errno.ENOTCONN, errno.ECONNABORTED})
+
+
 def daemon_answers(path: str | Path, timeout: float = PROBE_SECONDS) -> bool | None:
     """Whether the process serving a FUSE mount answers: True, False when the connection is
-    gone (ENOTCONN: the process died), None when it does not answer in time (hung, stopped).
+    gone (DEAD_CONNECTION: the process died), None when it does not answer in time (hung,
+    stopped).
 
     statfs always reaches the process, where a stat of the mount root may be answered from
     the kernel's attribute cache long after the process died. In a thread: a hung mount
@@ -80,4 +87,4 @@ def daemon_answers(path: str | Path, timeout: float = PROBE_SECONDS) -> bool | N
         return None
     error = outcome[0]
     # Any other answer, an error included, came from a process that is there.
-    return not (isinstance(error, OSError) and error.errno == errno.ENOTCONN)
+    return not (isinstance(error, OSError) and error.errno in DEAD_CONNECTION)

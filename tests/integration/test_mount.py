@@ -228,7 +228,8 @@ def test_a_mount_killed_with_sigkill_is_cleaned_up_by_the_next_mount(
         assert is_mounted(path)
         with pytest.raises(OSError) as raised:
             os.listdir(path)
-        assert raised.value.errno == errno.ENOTCONN
+        # ENOTCONN, or ECONNABORTED for a request that was waiting as the connection went
+        assert raised.value.errno in (errno.ENOTCONN, errno.ECONNABORTED)
 
         result = _mount_again(tmp_path, registry, path, "again")
         assert result.returncode == 0, result.stderr

@@ -3,9 +3,13 @@ lifecycle with real mounts: tests/integration/test_mount.py)."""
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
+import pytest
+
+from regfs.vfs import mountinfo
 from regfs.vfs.mountinfo import MountEntry, mount_path, mounts_at
 
 MOUNTINFO = (
@@ -69,3 +73,19 @@ def test_mount_path_resolves_the_directory_not_the_mountpoint(tmp_path: Path) ->
         assert mount_path(Path(".")) == str(real)
     finally:
         os.chdir(cwd)
+
+
+@pytest.mark.parametrize(
+    ("errno_value", "answers"),
+    [(errno.ENOTCONN, False), (errno.ECONNABORTED, False), (errno.EACCES, True), (None, True)],
+)
+def test_a_dead_connection_is_either_errno_the_kernel_gives_for_it(
+    monkeypatch: pytest.MonkeyPatch, errno_value: int | None, answers: bool
+) -> None:
+    def statvfs(path: object) -> object:
+        if errno_value is not None:
+            raise OSError(errno_value, os.strerror(errno_value))
+        return object()
+
+    monkeypatch.setattr(mountinfo.os, "statvfs", statvfs)
+    assert mountinfo.daemon_answers("/mnt/x", timeout=5) is answers
