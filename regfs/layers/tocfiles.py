@@ -11,9 +11,11 @@ IntegrityError (EIO). A TOC once checked is trusted for its blob's digest, as an
 
 A sequential reader of a file (each read beginning where the last one of that layer ended,
 AHEAD_AFTER bytes in order) gets the file's next chunks fetched, decompressed and checked
-ahead of it, AHEAD_BYTES at most, by a task of their own; a read of such a chunk waits for
-it. A chunk fetched ahead that fails its check is only dropped: the read that reaches it
-fetches it again itself, and that read gives the error.
+ahead of it, AHEAD_BYTES at most, by a task of their own (a read of such a chunk waits for
+it), and the blocks of its chunks further on, up to FETCH_AHEAD, fetched into the block
+cache by tasks of their own (one per advance of that window: a few requests in flight);
+neither goes past the file's end. A chunk fetched ahead that fails its check is only
+dropped: the read that reaches it fetches it again itself, and that read gives the error.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import bisect
 import io
 import logging
 import zlib
+from dataclasses import dataclass
 
 import trio
 import zstandard
@@ -39,8 +42,18 @@ log = logging.getLogger(__name__)
 # A random 1 MiB read, which the kernel may split into in-order requests, is not a stream.
 AHEAD_AFTER = 2 << 20
 AHEAD_BYTES = 4 << 20  # decompressed ahead of a sequential reader, at most
+FETCH_AHEAD = 16 << 20  # of chunks whose blocks are fetched ahead (kept by the block cache)
 AHEAD_GROUP = 1 << 20  # chunks decompressed ahead in one thread call (then readers may go on)
 READERS = 64  # sequential readers followed at once (least recently read forgotten)
+
+
+@dataclass
+class _Reader:
+    """A sequential reader of a TOC layer, as far as its reads show it."""
+
+    in_order: int = 0  # bytes read in order
+    chunks_to: int = 0  # chunks below this were looked at for decompressing ahead
+    blocks_to: int = 0  # blocks below this were asked for ahead
 
 
 class TocFiles:
@@ -54,11 +67,12 @@ class TocFiles:
         )
         self.chunks_read = 0  # chunks decompressed and checked
         self.chunks_ahead = 0  # of them, decompressed ahead of a sequential reader
-        # (digest, where a reader's last read ended) -> (bytes it read in order, the chunk
-        # its readahead has looked at up to): the next read beginning there continues it.
-        self._readers: LRUCache[tuple[str, int], tuple[int, int]] = LRUCache(maxsize=READERS)
+        # (digest, where a reader's last read ended) -> the reader: the next read beginning
+        # there continues it.
+        self._readers: LRUCache[tuple[str, int], _Reader] = LRUCache(maxsize=READERS)
         self._ahead: dict[tuple[str, int], trio.Event] = {}  # chunks on their way ahead
         self.ahead_after, self.ahead_bytes = AHEAD_AFTER, AHEAD_BYTES  # (tests lower them)
+        self.fetch_bytes = FETCH_AHEAD
 
     @staticmethod
     def has_toc(blob: BlobRef) -> bool:
@@ -176,23 +190,44 @@ class TocFiles:
         self, blob: BlobRef, index: LayerIndex, start: int, end: int, after: int, until: int
     ) -> None:
         """Follow the reader; once it is a stream, start its chunks from `after` on, up to
-        ahead_bytes past `end` and not past `until`, that are neither held nor on their way."""
+        ahead_bytes past `end` and not past `until`, that are neither held nor on their way,
+        and the fetch of the blocks of those up to fetch_bytes past `end`."""
         digest = blob.digest
-        in_order, looked_at = self._readers.pop((digest, start), (0, 0))
-        in_order += end - start
+        reader = self._readers.pop((digest, start), None) or _Reader()
+        self._readers[(digest, end)] = reader
+        reader.in_order += end - start
+        if reader.in_order < self.ahead_after:
+            return
         stop_at = min(until, end + self.ahead_bytes)
-        k = max(after, looked_at)
+        k = max(after, reader.chunks_to)
         wanted = []
-        if in_order >= self.ahead_after:
-            while k < len(index.chunks) and index.chunks[k].start < stop_at:
-                if (digest, k) not in self.memory and (digest, k) not in self._ahead:
-                    wanted.append(k)
-                k += 1
-        self._readers[(digest, end)] = (in_order, k)
+        while k < len(index.chunks) and index.chunks[k].start < stop_at:
+            if (digest, k) not in self.memory and (digest, k) not in self._ahead:
+                wanted.append(k)
+            k += 1
+        reader.chunks_to = k
         if wanted:
             for k in wanted:
                 self._ahead[(digest, k)] = trio.Event()
             trio.lowlevel.spawn_system_task(self._fetch_ahead, blob, index, wanted)
+        # The last chunk beginning in the fetch window: its blocks, and those before it.
+        last = bisect.bisect_left(index.chunk_starts, min(until, end + self.fetch_bytes)) - 1
+        if last >= after and index.chunks[last].digest:
+            block = self.cache.block_size
+            first = max(reader.blocks_to, index.chunks[after].cstart // block)
+            stop = (index.chunks[last].cend - 1) // block + 1
+            if first < stop:
+                reader.blocks_to = stop
+                trio.lowlevel.spawn_system_task(self._fetch_blocks, blob, first, stop)
+
+    async def _fetch_blocks(self, blob: BlobRef, first: int, stop: int) -> None:
+        """Blocks [first, stop) into the block cache, for chunks a reader will want: they are
+        checked when they are decompressed. A system task: it must not raise."""
+        try:
+            for k in range(first, stop):
+                await self.cache.block(blob, k, want_through=stop - 1)
+        except Exception as e:
+            log.debug("layer %s: fetching ahead stopped: %s", blob.digest, e)
 
     async def _fetch_ahead(self, blob: BlobRef, index: LayerIndex, numbers: list[int]) -> None:
         """Chunks for a reader to come, a group at a time (each group's waiters go on as it is
