@@ -53,6 +53,7 @@ class _Reader:
 
     in_order: int = 0  # bytes read in order
     chunks_to: int = 0  # chunks below this were looked at for decompressing ahead
+    fetch_chunks_to: int = 0  # chunks below this were looked at for fetching ahead
     blocks_to: int = 0  # blocks below this were asked for ahead
 
 
@@ -189,17 +190,21 @@ class TocFiles:
     def _read_ahead(
         self, blob: BlobRef, index: LayerIndex, start: int, end: int, after: int, until: int
     ) -> None:
-        """Follow the reader; once it is a stream, start its chunks from `after` on, up to
-        ahead_bytes past `end` and not past `until`, that are neither held nor on their way,
-        and the fetch of the blocks of those up to fetch_bytes past `end`."""
-        digest = blob.digest
-        reader = self._readers.pop((digest, start), None) or _Reader()
-        self._readers[(digest, end)] = reader
+        """Follow the reader; once it is a stream, start what it will want from chunk `after`
+        on: not past `until`, nor past ahead_bytes (chunks) and fetch_bytes (their blocks)
+        beyond `end`."""
+        reader = self._readers.pop((blob.digest, start), None) or _Reader()
+        self._readers[(blob.digest, end)] = reader
         reader.in_order += end - start
-        if reader.in_order < self.ahead_after:
-            return
-        stop_at = min(until, end + self.ahead_bytes)
-        k = max(after, reader.chunks_to)
+        if reader.in_order >= self.ahead_after:
+            self._start_chunks(blob, index, reader, after, min(until, end + self.ahead_bytes))
+            self._start_blocks(blob, index, reader, after, min(until, end + self.fetch_bytes))
+
+    def _start_chunks(
+        self, blob: BlobRef, index: LayerIndex, reader: _Reader, after: int, stop_at: int
+    ) -> None:
+        """Chunks beginning before `stop_at` that are neither held nor on their way."""
+        digest, k = blob.digest, max(after, reader.chunks_to)
         wanted = []
         while k < len(index.chunks) and index.chunks[k].start < stop_at:
             if (digest, k) not in self.memory and (digest, k) not in self._ahead:
@@ -210,12 +215,23 @@ class TocFiles:
             for k in wanted:
                 self._ahead[(digest, k)] = trio.Event()
             trio.lowlevel.spawn_system_task(self._fetch_ahead, blob, index, wanted)
-        # The last chunk beginning in the fetch window: its blocks, and those before it.
-        last = bisect.bisect_left(index.chunk_starts, min(until, end + self.fetch_bytes)) - 1
-        if last >= after and index.chunks[last].digest:
+
+    def _start_blocks(
+        self, blob: BlobRef, index: LayerIndex, reader: _Reader, after: int, stop_at: int
+    ) -> None:
+        """The blocks of the chunks beginning before `stop_at` not looked at yet (those with
+        data: a run of zeros has none), past the blocks asked for already."""
+        last = bisect.bisect_left(index.chunk_starts, stop_at)
+        ranges = [
+            (c.cstart, c.cend)
+            for c in index.chunks[max(after, reader.fetch_chunks_to) : last]
+            if c.digest
+        ]
+        reader.fetch_chunks_to = max(reader.fetch_chunks_to, last)
+        if ranges:
             block = self.cache.block_size
-            first = max(reader.blocks_to, index.chunks[after].cstart // block)
-            stop = (index.chunks[last].cend - 1) // block + 1
+            first = max(reader.blocks_to, min(a for a, _ in ranges) // block)
+            stop = (max(b for _, b in ranges) - 1) // block + 1
             if first < stop:
                 reader.blocks_to = stop
                 trio.lowlevel.spawn_system_task(self._fetch_blocks, blob, first, stop)
