@@ -140,3 +140,26 @@ async def test_a_lying_chunk_fetched_ahead_fails_only_the_read_that_reaches_it(k
         source.lie_at = None  # an honest server: the same read now gives the right bytes
         got = await files.tocs.read(blob, index, offset, offset + STEP, size)
         assert got == expected[offset : offset + STEP]
+
+
+@pytest.mark.parametrize("kind", LAYERS)
+async def test_blocks_further_on_are_fetched_before_their_chunks_are_decompressed(
+    kind: str,
+) -> None:
+    files, blob, source = setup(kind)
+    files.tocs.ahead_bytes = 1  # decompressed ahead: at most the chunk that begins next
+    async with files.cache.running():
+        index = await index_of(kind, files, blob, source)
+        expected = data_stream(kind, index)
+        tocs, size = files.tocs, len(expected)
+        for offset in (0, STEP):
+            assert await tocs.read(blob, index, offset, offset + STEP, size)
+        await trio.testing.wait_all_tasks_blocked()
+        later = [c for c in index.chunks if c.start >= 3 * STEP]
+        assert all(source.asked_for(c.cstart) or source.cached_by_index(c.cstart) for c in later)
+        assert tocs.chunks_ahead < len(index.chunks) - 1  # not all of them decompressed
+        asked = len(source.asked)
+        for offset in range(2 * STEP, size, STEP):
+            got = await tocs.read(blob, index, offset, offset + STEP, size)
+            assert got == expected[offset : offset + STEP], offset
+        assert len(source.asked) == asked
