@@ -6,13 +6,9 @@ read that reaches it."""
 
 from __future__ import annotations
 
-import gzip
-import io
-
 import pytest
 import trio
 import trio.testing
-import zstandard
 
 from regfs.cache.blob import BlobRef
 from regfs.cache.blocks import BlockCache
@@ -20,7 +16,7 @@ from regfs.errors import IntegrityError
 from regfs.layers import LayerFiles, LayerIndex
 from regfs.oci.entry import EntryKind
 from tests.unit.test_layer_support import Sink, Source, digest
-from tests.unit.test_toc_files import BLOCK, LAYERS
+from tests.unit.test_toc_files import BLOCK, LAYERS, uncompressed
 from tests.unit.test_toc_formats import tar_files
 
 STEP = 10  # bytes per read: several reads per chunk
@@ -47,15 +43,7 @@ class Asked(Source):
 
 def data_stream(kind: str, index: LayerIndex) -> bytes:
     """The layer's files' bytes in the TOC's order: what its chunks make, end to end."""
-    blob = LAYERS[kind][0]
-    if blob.startswith(b"\x1f\x8b"):
-        tar = gzip.decompress(blob)
-    else:
-        reader = zstandard.ZstdDecompressor().stream_reader(
-            io.BytesIO(blob), read_across_frames=True
-        )
-        tar = reader.read()
-    files = tar_files(tar)
+    files = tar_files(uncompressed(LAYERS[kind][0]))
     return b"".join(files[e.path] for e in index.entries if e.kind is EntryKind.FILE and e.size)
 
 
