@@ -385,7 +385,9 @@ class LayerFiles:
         if offset >= end:
             return b""
         if entry.sparse is None:
-            return await self._stream(blob, index, entry.offset + offset, entry.offset + end)
+            until = entry.offset + entry.size
+            return await self._stream(blob, index, entry.offset + offset, entry.offset + end, until)
+        until = entry.offset + sum(length for _, length in entry.sparse)  # its data, stored
         parts: list[bytes] = []
         at, stored = offset, entry.offset  # `stored`: where the next segment's data is
         for start, length in entry.sparse:
@@ -399,18 +401,21 @@ class LayerFiles:
                 at = start
             stop = min(end, start + length)
             first = stored + (at - start)
-            parts.append(await self._stream(blob, index, first, first + stop - at))
+            parts.append(await self._stream(blob, index, first, first + stop - at, until))
             at = stop
             stored += length
         parts.append(bytes(end - at))
         return b"".join(parts)
 
-    async def _stream(self, blob: BlobRef, index: LayerIndex, start: int, end: int) -> bytes:
+    async def _stream(
+        self, blob: BlobRef, index: LayerIndex, start: int, end: int, until: int
+    ) -> bytes:
         """Bytes [start, end) of the layer's uncompressed stream (of a TOC layer: of its
-        files' data stream)."""
+        files' data stream); the file read ends at `until` there (a TOC reader's readahead
+        stops at it)."""
         if index.format.from_toc:
             await self._check_whole(blob, index.diff_id)
-            data = await self.tocs.read(blob, index, start, end)
+            data = await self.tocs.read(blob, index, start, end, until)
             # This read may have fetched the blob's last missing block.
             await self._check_whole(blob, index.diff_id)
             return data
