@@ -54,40 +54,42 @@ class BlobStates:
 
     def __init__(self, disk: DiskCache | None) -> None:
         self.disk = disk
-        self._states: dict[tuple[str, str], BlobState] = {}
+        self._states: dict[str, dict[str, BlobState]] = {}  # digest -> registry -> state
         self._failures: dict[tuple[str, str], int] = {}  # failed verifications
 
     def of(self, blob: BlobRef) -> BlobState:
-        key = (blob.digest, blob.registry)
-        state = self._states.get(key)
+        by_registry = self._states.setdefault(blob.digest, {})
+        state = by_registry.get(blob.registry)
         if state is None:
             algorithm = blob.digest.split(":", 1)[0]
             state = BlobState(algorithm, hashlib.new(algorithm))
             state.verified = self.disk is not None and self.disk.is_verified(blob.digest)
-            self._states[key] = state
+            by_registry[blob.registry] = state
         return state
 
     def is_verified(self, digest: str) -> bool:
         """Verified through any registry: its bytes are then every registry's."""
-        states = [s for (d, _), s in self._states.items() if d == digest]
+        states = self._states.get(digest)
         if states:
-            return any(s.verified for s in states)
+            return any(s.verified for s in states.values())
         return self.disk is not None and self.disk.is_verified(digest)
 
     def next_generation(self, digest: str, registry: str | None) -> None:
         """Begin a new attempt at the blob (from `registry`, None: every registry): not
         verified, hashed from its first block again."""
-        for key, state in list(self._states.items()):
-            if key[0] == digest and registry in (None, key[1]):
+        by_registry = self._states.get(digest, {})
+        for name, state in list(by_registry.items()):
+            if registry in (None, name):
                 algorithm = state.algorithm
-                self._states[key] = BlobState(
+                by_registry[name] = BlobState(
                     algorithm, hashlib.new(algorithm), generation=state.generation + 1
                 )
 
     def superseded(self, blob: BlobRef, generation: int) -> bool:
         """A purge (or a new verification) since `generation` began: its blocks may be the
         failed attempt's bytes, so they are neither served nor kept."""
-        state = self._states.get((blob.digest, blob.registry))
+        by_registry = self._states.get(blob.digest)
+        state = by_registry.get(blob.registry) if by_registry else None
         return state is None or state.generation != generation
 
     def failures(self, blob: BlobRef) -> int:
